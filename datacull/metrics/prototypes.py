@@ -1,0 +1,56 @@
+"""Prototype metrics: distance of an example's embedding to a prototype (Sorscher et al. 2022).
+
+Sorscher, Geirhos, Shekhar, Ganguli, Morcos, "Beyond neural scaling laws: beating power law
+scaling via data pruning", NeurIPS 2022 (arXiv 2206.14486), section 5: self-supervised
+prototypes (SSP) = cosine distance to the nearest of k spherical k-means centroids of
+self-supervised embeddings; supervised prototypes = cosine distance to the example's own class
+mean. The paper's later text uses cosine distance (reference code varies); we use cosine.
+"""
+from __future__ import annotations
+
+import numpy as np
+from omegaconf import DictConfig
+
+from datacull.kmeans import l2_normalize, nearest_centroid, train_spherical_kmeans, use_faiss_gpu
+from datacull.metrics.context import ScoreContext
+from datacull.metrics.registry import register_metric
+
+
+@register_metric("ssp", "self-supervised prototypes: cosine distance to the nearest k-means centroid",
+                 needs="embeddings", requires_labels=False, citation="Sorscher et al. 2022")
+def ssp(ctx: ScoreContext, params: DictConfig) -> dict[str, np.ndarray]:
+    """1 - cosine similarity to the nearest spherical-k-means centroid (plus the cluster id)."""
+    rows = ctx.embeddings()
+    gpu = use_faiss_gpu(params.get("gpu", "auto"), str(ctx.cfg.device))
+    centroids = train_spherical_kmeans(rows, int(params.get("k", 10)), niter=int(params.get("niter", 25)),
+                                       seed=ctx.seed("ssp"), gpu=gpu,
+                                       max_points_per_centroid=int(params.get("max_points_per_centroid", 256)))
+    cluster, similarity = nearest_centroid(rows, centroids, block_size=int(params.get("block_size", 65536)),
+                                           gpu=gpu, desc="ssp assign")
+    return {"ssp": (1.0 - similarity).astype(np.float64), "ssp_cluster": cluster}
+
+
+@register_metric("supervised_prototypes", "cosine distance to the example's own class-mean embedding",
+                 needs="embeddings", requires_labels=True, citation="Sorscher et al. 2022")
+def supervised_prototypes(ctx: ScoreContext, params: DictConfig) -> np.ndarray:
+    """1 - cosine similarity between an example and the (normalised) mean embedding of its class."""
+    labels = ctx.require_labels("supervised_prototypes")
+    rows = ctx.embeddings()
+    block = int(params.get("block_size", 65536))
+    sums = np.zeros((ctx.num_classes, rows.shape[1]), dtype=np.float64)
+    for start in range(0, len(rows), block):
+        onehot = np.eye(ctx.num_classes)[labels[start: start + block]]
+        sums += onehot.T @ l2_normalize(np.asarray(rows[start: start + block]))
+    prototypes = l2_normalize(sums)
+    distance = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), block):
+        unit = l2_normalize(np.asarray(rows[start: start + block]))
+        distance[start: start + len(unit)] = 1.0 - np.einsum("ij,ij->i", unit, prototypes[labels[start: start + block]])
+    return distance
+
+
+@register_metric("random", "uniform random scores (the baseline every metric must beat)",
+                 needs="none", requires_labels=False, citation="Sorscher et al. 2022")
+def random_scores(ctx: ScoreContext, params: DictConfig) -> np.ndarray:
+    """Independent U(0, 1) scores from the seed, so `keep_hard` with it is random pruning."""
+    return np.random.default_rng(ctx.seed("random")).random(len(ctx.indices))

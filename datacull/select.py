@@ -1,0 +1,123 @@
+"""Selection policies: which examples to keep given difficulty scores and a budget.
+
+Every policy sees scores where HIGHER = HARDER and returns a boolean keep mask with exactly
+`budget` True entries. Ties are broken by example position so a selection is reproducible.
+
+- keep_hard / keep_easy: top / bottom `budget` by score (Sorscher et al. 2022: keep easy when data
+  is scarce, hard when it is abundant).
+- random: uniform without replacement (the baseline).
+- ccs: coverage-centric coreset selection (Zheng et al., ICLR 2023, "Coverage-centric coreset
+  selection for high pruning rates"): drop the hardest `hard_cutoff` fraction, split the remaining
+  score range into `strata` equal-width strata, give each stratum an equal share of the budget
+  (smallest strata first, passing leftovers on) and sample uniformly within strata.
+`class_balanced` applies any policy within each class with budgets proportional to class size.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from datacull.errors import DatacullError
+from datacull.registry import Registry
+
+POLICIES: Registry = Registry("selection policy", "select.policy")
+
+
+def _hardest_first(scores: np.ndarray) -> np.ndarray:
+    return np.argsort(-scores, kind="stable")
+
+
+@POLICIES.register("keep_hard", "keep the highest-scoring (hardest) examples")
+def keep_hard(scores: np.ndarray, budget: int, rng: np.random.Generator, **_) -> np.ndarray:
+    """Keep the `budget` hardest examples."""
+    keep = np.zeros(len(scores), dtype=bool)
+    keep[_hardest_first(scores)[:budget]] = True
+    return keep
+
+
+@POLICIES.register("keep_easy", "keep the lowest-scoring (easiest, most typical) examples")
+def keep_easy(scores: np.ndarray, budget: int, rng: np.random.Generator, **_) -> np.ndarray:
+    """Keep the `budget` easiest examples."""
+    keep = np.zeros(len(scores), dtype=bool)
+    keep[np.argsort(scores, kind="stable")[:budget]] = True
+    return keep
+
+
+@POLICIES.register("random", "keep a uniformly random subset (ignores the scores)")
+def keep_random(scores: np.ndarray, budget: int, rng: np.random.Generator, **_) -> np.ndarray:
+    """Keep `budget` examples drawn uniformly without replacement."""
+    keep = np.zeros(len(scores), dtype=bool)
+    keep[rng.choice(len(scores), size=budget, replace=False)] = True
+    return keep
+
+
+@POLICIES.register("ccs", "coverage-centric coreset selection: hard cutoff + stratified sampling")
+def coverage_centric(scores: np.ndarray, budget: int, rng: np.random.Generator, *,
+                     hard_cutoff: float = 0.1, strata: int = 50, **_) -> np.ndarray:
+    """CCS (Zheng et al. 2023). The cutoff shrinks when the budget needs the examples it would drop."""
+    if not 0 <= hard_cutoff < 1:
+        raise DatacullError(f"select.hard_cutoff must be in [0, 1), got {hard_cutoff}")
+    if strata < 1:
+        raise DatacullError(f"select.strata must be >= 1, got {strata}")
+    n = len(scores)
+    dropped = min(int(round(hard_cutoff * n)), n - budget)
+    candidates = _hardest_first(scores)[dropped:]
+    values = scores[candidates]
+    edges = np.linspace(values.min(), values.max(), strata + 1)
+    stratum = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, strata - 1)
+    members = [candidates[stratum == s] for s in range(strata)]
+    keep = np.zeros(n, dtype=bool)
+    remaining = budget
+    order = sorted(range(strata), key=lambda s: len(members[s]))
+    for position, s in enumerate(order):
+        share = min(len(members[s]), remaining // (strata - position))
+        if share:
+            keep[rng.choice(members[s], size=share, replace=False)] = True
+        remaining -= share
+    return top_up(keep, budget, rng)
+
+
+def class_budgets(labels: np.ndarray, budget: int) -> dict[int, int]:
+    """Per-class budgets proportional to class sizes, summing exactly to `budget` (largest remainder)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = budget * counts / counts.sum()
+    base = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - base), kind="stable")[: budget - base.sum()]:
+        base[i] += 1
+    return {int(c): int(b) for c, b in zip(classes, base)}
+
+
+def select_mask(scores: np.ndarray, labels: np.ndarray, budget: int, policy: str, *,
+                class_balanced: bool = False, seed: int = 0, **params) -> np.ndarray:
+    """Keep mask with exactly `budget` entries chosen by `policy` (optionally within each class)."""
+    choose: Callable = POLICIES.get(policy).obj
+    if not 0 <= budget <= len(scores):
+        raise DatacullError(f"cannot keep {budget} of {len(scores)} scored examples")
+    rng = np.random.default_rng(seed)
+    if not class_balanced:
+        return choose(scores, budget, rng, **params)
+    keep = np.zeros(len(scores), dtype=bool)
+    for label, class_budget in class_budgets(labels, budget).items():
+        members = np.flatnonzero(labels == label)
+        keep[members[choose(scores[members], class_budget, rng, **params)]] = True
+    return keep
+
+
+def budget_from(n: int, fraction: float | None, count: int | None) -> int:
+    """Number of examples to keep from `select.count`, else `select.fraction` of `n` (rounded)."""
+    if count is not None:
+        if not 1 <= int(count) <= n:
+            raise DatacullError(f"select.count must be between 1 and {n} (the scored examples), got {count}")
+        return int(count)
+    if fraction is None or not 0 < float(fraction) <= 1:
+        raise DatacullError(f"select.fraction must be in (0, 1], got {fraction}")
+    return max(1, int(round(float(fraction) * n)))
+
+
+def top_up(keep: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Add random unkept examples until `budget` are kept (guards rounding in stratified policies)."""
+    missing = budget - int(keep.sum())
+    if missing > 0:
+        keep[rng.choice(np.flatnonzero(~keep), size=missing, replace=False)] = True
+    return keep

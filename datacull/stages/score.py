@@ -1,0 +1,118 @@
+"""The score stage: every configured metric, one DIFFICULTY column each, into scores.parquet.
+
+Columns: key, index, label, skip_reason, then per metric `{name}` (higher = harder) and any
+extra columns it reports (`{name}_se`, `ssp_cluster`, ...). Examples the embed stage could not
+decode are kept as rows with NaN scores and their skip_reason, so no key is lost.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from datacull import layout
+from datacull.data.base import DataSource, build_source
+from datacull.errors import DatacullError
+from datacull.metrics.context import ScoreContext
+from datacull.metrics.registry import get_metric
+from datacull.store import fingerprint, is_fresh, to_plain, write_parquet_atomic
+
+
+def requested_metrics(cfg: DictConfig) -> list:
+    """Registry entries of `cfg.metrics` (a list or a single name), validated."""
+    names = cfg.metrics if not isinstance(cfg.metrics, str) else [cfg.metrics]
+    if len(names) == 0:
+        raise DatacullError("metrics is empty; pass e.g. metrics=[ssp] (see `datacull metrics`)")
+    if len(set(names)) != len(names):
+        raise DatacullError(f"metrics lists a metric twice: {list(names)}")
+    return [get_metric(str(name)) for name in names]
+
+
+def score_fingerprint(cfg: DictConfig, entries: list) -> str:
+    """Fingerprint of everything the scores depend on."""
+    needs = {e.info["needs"] for e in entries}
+    return fingerprint(
+        layout.data_identity(cfg.data), cfg.seed, [e.name for e in entries],
+        {e.name: to_plain(cfg.metric.get(e.name)) for e in entries},
+        layout.encoder_identity(cfg.encoder) if "embeddings" in needs else None,
+        [to_plain(cfg.model), to_plain(cfg.train)] if "training" in needs else None,
+    )
+
+
+def _embedding_inputs(cfg: DictConfig, source: DataSource) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embedding rows, valid mask, skip reasons) aligned with the source order; embeds if needed."""
+    from datacull.stages.embed import embed, load_embeddings
+
+    try:
+        rows, table = load_embeddings(cfg)
+    except DatacullError:
+        if int(cfg.shard.count) != 1:
+            raise
+        embed(cfg, source)
+        rows, table = load_embeddings(cfg)
+    keys = source.keys
+    if len(table) != len(keys) or not (table["index"].to_numpy() == np.arange(len(keys))).all() \
+            or table["key"].tolist() != keys:
+        raise DatacullError(
+            f"the embeddings in {layout.embeddings_dir(cfg)} ({len(table)} rows) do not match the dataset "
+            f"({len(keys)} keys); delete that folder and run `datacull embed` again"
+        )
+    errors = table["error"].fillna("").to_numpy(dtype=object)
+    valid = errors == ""
+    return rows, valid, errors
+
+
+def score(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
+    """Compute `cfg.metrics` for every example of the data source into `scores.parquet`."""
+    entries = requested_metrics(cfg)
+    out = layout.scores_path(cfg)
+    fp = score_fingerprint(cfg, entries)
+    if is_fresh(out, fp):
+        print(f"score: {out} is up to date")
+        return {"scores": out}
+    layout.experiment_dir(cfg).mkdir(parents=True, exist_ok=True)  # fail early if not writable
+    source = source or build_source(cfg.data)
+    n = len(source)
+    reasons = np.full(n, "", dtype=object)
+    loader = None
+    if any(e.info["needs"] == "embeddings" for e in entries):
+        rows, valid, errors = _embedding_inputs(cfg, source)
+        reasons[~valid] = ["skipped: " + e for e in errors[~valid]]
+        kept_rows = np.flatnonzero(valid)
+        loader = (lambda: rows) if valid.all() else (lambda: np.asarray(rows[kept_rows], dtype=np.float32))
+    else:
+        valid = np.ones(n, dtype=bool)
+    indices = np.flatnonzero(valid)
+    ctx = ScoreContext(cfg=cfg, source=source, indices=indices, embeddings_loader=loader)
+    columns: dict[str, np.ndarray] = {}
+    for entry in tqdm(entries, desc="score", unit="metric", disable=len(entries) < 2):
+        result = entry.obj(ctx, ctx.params(entry.name))
+        result = result if isinstance(result, dict) else {entry.name: result}
+        if entry.name not in result:
+            raise RuntimeError(f"metric {entry.name} returned columns {list(result)} without its own column")
+        for column, values in result.items():
+            values = np.asarray(values)
+            if values.shape != (len(indices),):
+                raise RuntimeError(f"metric {entry.name} returned {values.shape} for {len(indices)} examples")
+            full = np.full(n, np.nan if values.dtype.kind == "f" else -1, dtype=values.dtype)
+            full[indices] = values
+            columns[column] = full
+        print(f"score: {entry.name} done ({_describe(columns[entry.name][indices])})")
+    frame = pd.DataFrame({"key": source.keys, "index": np.arange(n, dtype=np.int64),
+                          "label": source.labels.astype(np.int64), "skip_reason": reasons.astype(str), **columns})
+    config = {"metrics": [e.name for e in entries],
+              "metric": {e.name: to_plain(cfg.metric.get(e.name)) for e in entries},
+              "data": to_plain(cfg.data), "seed": int(cfg.seed)}
+    write_parquet_atomic(out, frame, fp=fp, config=config)
+    print(f"score: wrote {n} rows x {len(columns)} columns to {out}")
+    return {"scores": out}
+
+
+def _describe(values: np.ndarray) -> str:
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        return "no finite values"
+    return f"min {finite.min():.4g}, median {np.median(finite):.4g}, max {finite.max():.4g}"

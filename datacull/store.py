@@ -1,0 +1,135 @@
+"""Artifact storage: atomic writes, config fingerprints and the work-directory layout.
+
+Every stage writes through these helpers so that a killed run never leaves a half-written file
+under its final name, and so that a stage can tell whether an existing output was made from the
+same configuration (and skip the work) by comparing fingerprints.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datacull.errors import DatacullError
+
+FINGERPRINT_KEY = b"datacull.fingerprint"
+CONFIG_KEY = b"datacull.config"
+
+
+def to_plain(obj: Any) -> Any:
+    """Turn an OmegaConf node (or anything JSON-like) into plain Python containers."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a hard dependency
+        pass
+    return obj
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short, stable sha256 hex digest of JSON-serialisable parts (config nodes allowed)."""
+    payload = json.dumps([to_plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create `path` (and parents) and check it is writable, or raise one clear error."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatacullError(
+            f"cannot create directory {path}: {exc.strerror}; set paths.work_dir to a writable folder"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DatacullError(f"directory {path} is not writable; set paths.work_dir to a writable folder")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success fsync it and rename it onto `final`.
+
+    On any exception the temporary file is removed and `final` is left untouched.
+    """
+    final = Path(final)
+    ensure_dir(final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    """Write `obj` as indented JSON to `path` atomically."""
+    return write_bytes_atomic(path, (json.dumps(to_plain(obj), indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def write_parquet_atomic(path: Path, table: pa.Table | Any, fp: str | None = None, config: Any = None) -> Path:
+    """Write a pandas DataFrame or arrow Table as parquet, atomically, with fingerprint/config metadata."""
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    if fp is not None:
+        meta[FINGERPRINT_KEY] = fp.encode()
+    if config is not None:
+        meta[CONFIG_KEY] = json.dumps(to_plain(config), sort_keys=True, default=str).encode()
+    table = table.replace_schema_metadata(meta)
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def parquet_fingerprint(path: Path) -> str | None:
+    """The fingerprint stored in a parquet file's metadata, or None if absent/unreadable."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    value = meta.get(FINGERPRINT_KEY)
+    return value.decode() if value else None
+
+
+def parquet_config(path: Path) -> dict:
+    """The config dict stored in a parquet file's metadata (empty if none)."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(CONFIG_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def is_fresh(path: Path, fp: str) -> bool:
+    """True when `path` exists and was written with fingerprint `fp` (so its stage can be skipped)."""
+    return Path(path).exists() and parquet_fingerprint(path) == fp
