@@ -24,14 +24,15 @@ CONFIG_KEY = b"datacull.config"
 
 
 def to_plain(obj: Any) -> Any:
-    """Turn an OmegaConf node (or anything JSON-like) into plain Python containers."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+    """Turn OmegaConf nodes (also nested in dicts/lists) into plain Python containers."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a hard dependency
-        pass
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
     return obj
 
 
@@ -70,11 +71,18 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give artifacts the usual mode
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -15,14 +15,14 @@ def conform(image: np.ndarray, size: tuple[int, int] | None, channels: int | Non
     """Resize a uint8 (H, W, C) image to `size` (H, W) and convert it to `channels` (1 or 3)."""
     if channels is not None and image.shape[2] != channels:
         if channels == 1:
-            image = np.asarray(Image.fromarray(image[..., :3]).convert("L"))[..., None]
+            image = np.array(Image.fromarray(image[..., :3]).convert("L"))[..., None]
         elif image.shape[2] == 1:
             image = np.repeat(image, channels, axis=2)
         else:
             image = image[..., :channels]
     if size is not None and tuple(image.shape[:2]) != tuple(size):
         mode_image = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
-        resized = np.asarray(mode_image.resize((size[1], size[0]), Image.BILINEAR))
+        resized = np.array(mode_image.resize((size[1], size[0]), Image.BILINEAR))
         image = resized[..., None] if resized.ndim == 2 else resized
     return np.ascontiguousarray(image)
 

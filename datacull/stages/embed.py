@@ -19,7 +19,8 @@ from datacull.data.base import DataSource, build_source
 from datacull.data.loader import ExampleDataset, make_loader
 from datacull.encoders.base import build_encoder, resolve_device
 from datacull.errors import DatacullError
-from datacull.store import atomic_path, ensure_dir, fingerprint, is_fresh, write_parquet_atomic
+from datacull.rows import StackedRows
+from datacull.store import atomic_path, ensure_dir, fingerprint, is_fresh, parquet_config, write_parquet_atomic
 
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -89,8 +90,8 @@ def _configured_size(cfg: DictConfig) -> tuple[int, int] | None:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def load_embeddings(cfg: DictConfig) -> tuple[np.ndarray, pd.DataFrame]:
-    """All embedding shards of the configured data + encoder: (rows float memmaps stacked, key table).
+def load_embeddings(cfg: DictConfig) -> tuple[np.ndarray | StackedRows, pd.DataFrame]:
+    """All embedding shards of the configured data + encoder: (memory-mapped rows, key table).
 
     Raises one clear error if shards are missing (naming them and the command that makes them).
     """
@@ -101,8 +102,6 @@ def load_embeddings(cfg: DictConfig) -> tuple[np.ndarray, pd.DataFrame]:
     frames, arrays, counts = [], [], set()
     for table_path in tables:
         frame = pd.read_parquet(table_path)
-        from datacull.store import parquet_config
-
         counts.add(int(parquet_config(table_path)["shard"]["count"]))
         frames.append(frame)
         arrays.append(np.load(table_path.with_suffix(".npy"), mmap_mode="r"))
@@ -116,4 +115,4 @@ def load_embeddings(cfg: DictConfig) -> tuple[np.ndarray, pd.DataFrame]:
         raise DatacullError(f"embeddings incomplete: shards {missing[:10]} of {count} are missing in {out_dir}; "
                             f"run `datacull embed shard.index=I shard.count={count}` for each")
     table = pd.concat(frames, ignore_index=True)
-    return np.concatenate([np.asarray(a) for a in arrays]) if len(arrays) > 1 else arrays[0], table
+    return (StackedRows(arrays) if len(arrays) > 1 else arrays[0]), table
