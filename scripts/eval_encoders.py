@@ -77,7 +77,10 @@ def split_overrides(spec: str) -> list[str]:
     """Split `a=1,b=[2,3]` at the commas that are not inside brackets."""
     parts, depth, current = [], 0, ""
     for char in spec:
-        depth += char in "[{(" and 1 or (-1 if char in "]})" else 0)
+        if char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
         if char == "," and depth == 0:
             parts.append(current)
             current = ""

@@ -5,8 +5,7 @@ Weights, in order: `encoder.checkpoint` (a local file, loaded through timm's
 `encoder.pretrained: true`, the model's weights from the local Hugging Face cache or torch hub cache
 (no network); else a download only if `encoder.allow_download: true`. When weights were asked for
 and none are found the encoder raises a DatacullError saying how to fix it, and after loading it
-checks that every weight tensor really changed from its random initialisation: never a silent
-random init. Input size and normalisation come from the model's pretrained config; images are
+checks that every randomly initialised weight tensor really changed: never a silent random init. Input size and normalisation come from the model's pretrained config; images are
 resized (whole, no crop) by the data loader and grayscale is replicated to 3 channels.
 """
 from __future__ import annotations
@@ -147,7 +146,11 @@ class TimmEncoder(Encoder):
 
     def _load(self, cache_dir: Path) -> torch.nn.Module:
         _check_model_name(self.model_name)
-        reference = self._create(pretrained=False)
+        try:
+            reference = self._create(pretrained=False)
+        except (RuntimeError, ValueError, TypeError) as exc:  # e.g. an unknown pretrained tag
+            raise DatacullError(f"cannot create timm model {self.model_name!r}: {str(exc)[:300]}; "
+                                "check encoder.model_name against timm.list_models(pretrained=True)") from None
         if not self.pretrained and self.checkpoint is None:
             return reference
         pretrained_cfg = dict(reference.pretrained_cfg or {})
