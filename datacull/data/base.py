@@ -31,15 +31,18 @@ class DataSource(ABC):
     num_classes: int = 0
     class_names: list[str] | None = None
 
-    @property
-    @abstractmethod
-    def keys(self) -> list[str]:
-        """Stable, unique string keys, one per example (no dots: webdataset splits on them)."""
+    _keys: list[str]
+    _labels: np.ndarray
 
     @property
-    @abstractmethod
+    def keys(self) -> list[str]:
+        """Stable, unique string keys, one per example (no dots: webdataset splits on them)."""
+        return self._keys
+
+    @property
     def labels(self) -> np.ndarray:
         """int64 labels in [0, num_classes), or UNKNOWN_LABEL where the source has none."""
+        return self._labels
 
     @abstractmethod
     def load(self, index: int) -> np.ndarray:
@@ -72,14 +75,6 @@ class ArraySource(DataSource):
         self.class_names = class_names
         prefix = key_prefix or f"{name}/{split}"
         self._keys = [f"{prefix}/{i:06d}" for i in range(len(images))]
-
-    @property
-    def keys(self) -> list[str]:
-        return self._keys
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -144,10 +139,6 @@ class SubsetSource(DataSource):
         self.num_classes, self.class_names = base.num_classes, base.class_names
         base_keys = base.keys
         self._keys = [base_keys[i] for i in self.indices]
-
-    @property
-    def keys(self) -> list[str]:
-        return self._keys
 
     @property
     def labels(self) -> np.ndarray:

@@ -61,14 +61,6 @@ class ImageFolderSource(EncodedSource):
             self._keys.append(key)
 
     @property
-    def keys(self) -> list[str]:
-        return self._keys
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    @property
     def image_shape(self) -> tuple[int, int, int] | None:
         return None if self.size is None else (*self.size, 3)
 

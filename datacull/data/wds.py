@@ -120,14 +120,6 @@ class WebDatasetSource(EncodedSource):
         return size, channels
 
     @property
-    def keys(self) -> list[str]:
-        return self._keys
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    @property
     def image_shape(self) -> tuple[int, int, int] | None:
         return None if self.size is None else (*self.size, self.channels)
 
