@@ -105,7 +105,8 @@ def main() -> None:
     device = resolve_device(args.device)
     print(f"data={args.data} limit={args.limit} device={device} torch threads={torch.get_num_threads()} "
           f"cpus={os.cpu_count()} load average at start={os.getloadavg()[0]:.1f}")
-    header = "| encoder | dim | prepare s (wall / cpu) | embed train s (wall / cpu) | total wall s | kNN@{} acc | NMI |".format(args.k)
+    header = ("| encoder | dim | prepare s (wall / cpu) | embed train s (wall / cpu) | total wall s "
+              f"| kNN@{args.k} acc | NMI |")
     header += " probe acc |" if args.probe else ""
     lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     for spec in args.encoders:
@@ -129,7 +130,8 @@ def main() -> None:
         row = (f"| {' '.join(overrides)} | {encoder.dim} | {prepare_wall:.0f} / {prepare_cpu:.0f} | "
                f"{embed_wall:.0f} / {embed_cpu:.0f} | {prepare_wall + embed_wall:.0f} | {acc:.4f} | {nmi:.3f} |")
         if args.probe:
-            row += f" {probe_accuracy(train_rows, train.labels, test_rows, test.labels, args.probe, int(cfg.seed)):.4f} |"
+            probe = probe_accuracy(train_rows, train.labels, test_rows, test.labels, args.probe, int(cfg.seed))
+            row += f" {probe:.4f} |"
         lines.append(row)
         print(row, flush=True)
     print(f"\nload average at end={os.getloadavg()[0]:.1f}\n")

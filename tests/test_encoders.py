@@ -177,7 +177,9 @@ def test_simclr_rgb_and_resize(tmp_path):
 
 def test_simclr_rejects_bad_settings(tmp_path):
     with pytest.raises(DatacullError, match="temperature"):
-        build_encoder(encoder_cfg(**{**SIMCLR, "temperature": 0}), seed=0).prepare(blobs(), tmp_path, CPU)
+        build_encoder(encoder_cfg(**{**SIMCLR, "temperature": 0}), seed=0)
+    with pytest.raises(DatacullError, match="crop_scale"):
+        build_encoder(encoder_cfg(**{**SIMCLR, "crop_scale": [0.5, 0.2]}), seed=0)
 
 
 # ---------------------------------------------------------------- registry / configs
@@ -278,7 +280,6 @@ def test_timm_unknown_model_name(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="Fashion-MNIST not installed")
-@pytest.mark.slow
 def test_default_simclr_beats_chance_on_fashion_mnist(tmp_path):
     from datacull.config import compose
     from datacull.data.base import SubsetSource, build_source

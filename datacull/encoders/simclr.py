@@ -27,6 +27,16 @@ from datacull.encoders.common import cache_lock, image_geometry, load_images, se
 from datacull.errors import DatacullError
 from datacull.store import atomic_path
 
+# defaults for keys missing from the encoder config (conf/encoder/simclr.yaml sets them all)
+DEFAULTS = {"width": 16, "dim": 128, "proj_dim": 64, "epochs": 8, "train_samples": 20000, "train_batch_size": 128,
+            "lr": 2e-3, "weight_decay": 1e-5, "temperature": 0.2, "crop_scale": [0.2, 1.0], "jitter_p": 0.8,
+            "channels_last": False}
+
+
+def setting(encoder_cfg, key: str):
+    """`encoder.<key>`, or its default when the config lacks the key."""
+    return encoder_cfg.get(key, DEFAULTS[key])
+
 
 def conv_block(in_channels: int, out_channels: int, stride: int = 1, pool: bool = False) -> nn.Sequential:
     """3x3 conv (no bias) + BatchNorm + ReLU, then 2x2 max-pool when `pool`."""
@@ -82,44 +92,61 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torc
     return F.cross_entropy(logits, targets)
 
 
+def check_settings(encoder_cfg) -> None:
+    """Raise one DatacullError for SimCLR settings that cannot train."""
+    sizes = {k: int(setting(encoder_cfg, k)) for k in ("width", "dim", "proj_dim", "epochs")}
+    low, high = (float(v) for v in setting(encoder_cfg, "crop_scale"))
+    problems = [f"encoder.{k}={v} must be >= 1" for k, v in sizes.items() if v < 1]
+    if int(setting(encoder_cfg, "train_batch_size")) < 2:
+        problems.append("encoder.train_batch_size must be >= 2 (NT-Xent needs negatives)")
+    if float(setting(encoder_cfg, "temperature")) <= 0 or float(setting(encoder_cfg, "lr")) <= 0:
+        problems.append("encoder.temperature and encoder.lr must be > 0")
+    if not 0 < low <= high <= 1:
+        problems.append(f"encoder.crop_scale=[{low}, {high}] must satisfy 0 < low <= high <= 1")
+    if problems:
+        raise DatacullError("simclr: " + "; ".join(problems))
+
+
 def _augment_config(encoder_cfg) -> AugmentConfig:
-    scale = encoder_cfg.get("crop_scale", [0.2, 1.0])
+    scale = setting(encoder_cfg, "crop_scale")
     return AugmentConfig(crop_scale=(float(scale[0]), float(scale[1])),
-                         jitter_p=float(encoder_cfg.get("jitter_p", 0.8)))
+                         jitter_p=float(setting(encoder_cfg, "jitter_p")))
 
 
-def train_simclr(images: torch.Tensor, encoder_cfg, seed: int, device: torch.device) -> tuple[SmallConvNet, list[float]]:
+def train_simclr(images: torch.Tensor, encoder_cfg, seed: int,
+                 device: torch.device) -> tuple[SmallConvNet, list[float]]:
     """Train a SmallConvNet with NT-Xent on uint8 `images` (M, C, H, W); return it and the epoch losses.
 
     Deterministic on CPU given the seed: weights are initialised under a forked RNG seeded with
     `seed`, and batches and augmentations come from a generator seeded with `seed`.
     """
-    width, dim = int(encoder_cfg.get("width", 32)), int(encoder_cfg.get("dim", 128))
-    epochs, temperature = int(encoder_cfg.get("epochs", 10)), float(encoder_cfg.get("temperature", 0.2))
-    lr, weight_decay = float(encoder_cfg.get("lr", 2e-3)), float(encoder_cfg.get("weight_decay", 1e-5))
-    batch_size = min(int(encoder_cfg.get("train_batch_size", 256)), len(images))
-    if min(width, dim, epochs) < 1 or batch_size < 2 or temperature <= 0:
-        raise DatacullError("simclr needs encoder.width, dim, epochs >= 1, temperature > 0 and at least 2 "
-                            f"training images per batch (got width={width}, dim={dim}, epochs={epochs}, "
-                            f"temperature={temperature}, batch of {batch_size})")
-    channels_last = bool(encoder_cfg.get("channels_last", False))
+    width, dim = int(setting(encoder_cfg, "width")), int(setting(encoder_cfg, "dim"))
+    epochs, temperature = int(setting(encoder_cfg, "epochs")), float(setting(encoder_cfg, "temperature"))
+    lr, weight_decay = float(setting(encoder_cfg, "lr")), float(setting(encoder_cfg, "weight_decay"))
+    batch_size = min(int(setting(encoder_cfg, "train_batch_size")), len(images))
+    if batch_size < 2:
+        raise DatacullError(f"simclr needs at least 2 training images, got {len(images)}")
+    channels_last = bool(setting(encoder_cfg, "channels_last"))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = SmallConvNet(images.shape[1], width, dim)
-        head = projection_head(dim, int(encoder_cfg.get("proj_dim", 64)))
-    as_float = images.to(torch.float32) / 255.0
-    backbone.mean.copy_(as_float.mean(dim=(0, 2, 3)).view_as(backbone.mean))
-    backbone.std.copy_(as_float.std(dim=(0, 2, 3)).clamp(min=1e-3).view_as(backbone.std))
-    del as_float
+        head = projection_head(dim, int(setting(encoder_cfg, "proj_dim")))
+    sample = images[:10000].to(torch.float32) / 255.0  # images are a random subset already
+    backbone.mean.copy_(sample.mean(dim=(0, 2, 3)).view_as(backbone.mean))
+    backbone.std.copy_(sample.std(dim=(0, 2, 3)).clamp(min=1e-3).view_as(backbone.std))
+    del sample
     backbone, head = backbone.to(device, memory_format=memory_format), head.to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = len(images) // batch_size  # drop the ragged last batch (BatchNorm, loss balance)
     total = epochs * steps_per_epoch
     warmup = max(1, total // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+    def warmup_cosine(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
     generator = torch.Generator().manual_seed(seed)
     augment = _augment_config(encoder_cfg)
     losses: list[float] = []
@@ -140,7 +167,11 @@ def train_simclr(images: torch.Tensor, encoder_cfg, seed: int, device: torch.dev
             loss.backward()
             optimizer.step()
             schedule.step()
-            running += float(loss.detach())
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise DatacullError(f"simclr training diverged (loss {value}) in epoch {epoch + 1}; "
+                                    "lower encoder.lr or raise encoder.temperature")
+            running += value
             bar.set_postfix(loss=f"{running / (step + 1):.3f}")
         losses.append(running / steps_per_epoch)
         tqdm.write(f"simclr: epoch {epoch + 1}/{epochs} NT-Xent loss {losses[-1]:.4f}")
@@ -159,10 +190,11 @@ class SimCLREncoder(Encoder):
         self.cache_path: Path | None = None
         self.trained = False  # True when the last prepare() trained rather than loaded
         self.losses: list[float] = []
+        check_settings(encoder_cfg)
 
     @property
     def dim(self) -> int:
-        return int(self.cfg.get("dim", 128))
+        return int(setting(self.cfg, "dim"))
 
     def prepare(self, source: DataSource, cache_dir: Path, device: torch.device) -> None:
         """Load the trained backbone for `source` from `cache_dir`, training and caching it first if absent."""
@@ -174,7 +206,7 @@ class SimCLREncoder(Encoder):
             if not self.cache_path.exists():
                 self._train_and_save(source, device)
                 self.trained = True
-        backbone = SmallConvNet(self.input_channels, int(self.cfg.get("width", 32)), self.dim)
+        backbone = SmallConvNet(self.input_channels, int(setting(self.cfg, "width")), self.dim)
         try:
             state = torch.load(self.cache_path, map_location="cpu", weights_only=True)
             backbone.load_state_dict(state)
@@ -184,7 +216,7 @@ class SimCLREncoder(Encoder):
         self.backbone = backbone.to(device).eval()
 
     def _train_and_save(self, source: DataSource, device: torch.device) -> None:
-        indices = seeded_subset(len(source), self.cfg.get("train_samples"), self.seed)
+        indices = seeded_subset(len(source), setting(self.cfg, "train_samples"), self.seed)
         images = load_images(source, indices, self.input_size, self.input_channels,
                              int(self.cfg.get("num_workers", 0)), desc="simclr: load training images")
         start = time.perf_counter()

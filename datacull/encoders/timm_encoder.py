@@ -5,8 +5,9 @@ Weights, in order: `encoder.checkpoint` (a local file, loaded through timm's
 `encoder.pretrained: true`, the model's weights from the local Hugging Face cache or torch hub cache
 (no network); else a download only if `encoder.allow_download: true`. When weights were asked for
 and none are found the encoder raises a DatacullError saying how to fix it, and after loading it
-checks that every randomly initialised weight tensor really changed: never a silent random init. Input size and normalisation come from the model's pretrained config; images are
-resized (whole, no crop) by the data loader and grayscale is replicated to 3 channels.
+checks that every randomly initialised weight tensor really changed: never a silent random init.
+Input size and normalisation come from the model's pretrained config; images are resized (whole,
+no crop) by the data loader and grayscale is replicated to 3 channels.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def strip_prefix_checkpoint(path: Path, prefix: str, cache_dir: Path) -> Path:
     from timm.models import load_state_dict
 
     stat = path.stat()
-    out = Path(cache_dir) / f"timm-checkpoint-{fingerprint(str(path.resolve()), stat.st_size, stat.st_mtime_ns, prefix)}.pt"
+    key = fingerprint(str(path.resolve()), stat.st_size, stat.st_mtime_ns, prefix)
+    out = Path(cache_dir) / f"timm-checkpoint-{key}.pt"
     with cache_lock(cache_dir, out.stem):
         if not out.exists():
             try:
@@ -170,7 +172,8 @@ class TimmEncoder(Encoder):
         if unchanged:
             raise DatacullError(
                 f"weights from {source} left {len(unchanged)} of {len(initial)} randomly initialised tensors of "
-                f"{self.model_name!r} at their random init (first: {', '.join(unchanged[:3])}); the checkpoint does not match the model "
+                f"{self.model_name!r} at their random init (first: {', '.join(unchanged[:3])}); "
+                "the checkpoint does not match the model "
                 "(for MoCo-style checkpoints set encoder.checkpoint_prefix, e.g. 'module.encoder_q.')"
             )
         return model
@@ -192,7 +195,8 @@ class TimmEncoder(Encoder):
         try:
             probe = self.encode(torch.zeros(1, self.input_channels, *self.input_size, dtype=torch.uint8, device=device))
         except Exception as exc:  # noqa: BLE001 - e.g. a fixed-size ViT given another encoder.image_size
-            raise DatacullError(f"timm model {self.model_name!r} cannot embed {self.input_size[0]}x{self.input_size[1]} "
+            height, width = self.input_size
+            raise DatacullError(f"timm model {self.model_name!r} cannot embed {height}x{width} "
                                 f"images ({type(exc).__name__}: {str(exc)[:200]}); unset encoder.image_size") from None
         self._dim = int(probe.shape[1])
 
