@@ -3,11 +3,13 @@ cross_val_predict, a planted mislabelled case, bad input and determinism."""
 from __future__ import annotations
 
 import numpy as np
+
+import planted
 import pytest
 from omegaconf import OmegaConf
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from datacull.data.base import ArraySource, build_source
+from datacull.data.base import ArraySource
 from datacull.errors import DatacullError
 from datacull.metrics.context import ScoreContext
 from datacull.metrics.ddd import ddd, out_of_fold_errors, pixel_features, sklearn_member
@@ -16,15 +18,8 @@ FAST = ("model.width=4", "train.batch_size=32", "metric.ddd.net_epochs=2", "metr
 
 
 def flipped_digits(make_cfg, n: int, fraction: float, *overrides):
-    """A ScoreContext on the first `n` digits with `fraction` of the labels changed to another class."""
-    cfg = make_cfg("data=digits", f"data.limit={n}", *FAST, *overrides)
-    base = build_source(cfg.data)
-    rng = np.random.default_rng(0)
-    labels = base.labels.copy()
-    flip = rng.choice(n, size=int(round(fraction * n)), replace=False)
-    labels[flip] = (labels[flip] + rng.integers(1, 10, len(flip))) % 10
-    images = np.stack([base.load(i) for i in range(n)])
-    return ScoreContext(cfg, ArraySource("digits", "train", images, labels, 10), np.arange(n)), flip
+    """Flipped-label digits with the fast DDD settings."""
+    return planted.flipped_digits(make_cfg, n, fraction, *FAST, *overrides)
 
 
 def run_metric(ctx, **changes):

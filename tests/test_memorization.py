@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
+from planted import flipped_digits
 import pytest
 
 from datacull.errors import DatacullError
@@ -76,7 +78,6 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from datacull.data.base import ArraySource, build_source  # noqa: E402
 from datacull.metrics.memorization import influence_max, influence_sum_abs, memorization  # noqa: E402
-from datacull.training import trainer  # noqa: E402
 
 TINY = ("data.size=48", "data.test_size=20", "model.width=4", "train.epochs=1", "train.batch_size=16")
 
@@ -154,16 +155,6 @@ def test_bad_input(make_cfg):
             run_metric(fn, name, ScoreContext(ctx.cfg, unlabeled, ctx.indices), models=3)
 
 
-def flipped_digits(make_cfg, n: int, fraction: float, *overrides):
-    """A ScoreContext on the first `n` digits with `fraction` of the labels changed to another class."""
-    cfg = make_cfg("data=digits", f"data.limit={n}", *overrides)
-    base = build_source(cfg.data)
-    rng = np.random.default_rng(0)
-    labels = base.labels.copy()
-    flip = rng.choice(n, size=int(round(fraction * n)), replace=False)
-    labels[flip] = (labels[flip] + rng.integers(1, 10, len(flip))) % 10
-    images = np.stack([base.load(i) for i in range(n)])
-    return ScoreContext(cfg, ArraySource("digits", "train", images, labels, 10), np.arange(n)), flip
 
 
 def test_planted_flipped_labels_are_the_most_memorized(make_cfg):
