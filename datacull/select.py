@@ -1,7 +1,9 @@
 """Selection policies: which examples to keep given difficulty scores and a budget.
 
 Every policy sees scores where HIGHER = HARDER and returns a boolean keep mask with exactly
-`budget` True entries. Ties are broken by example position so a selection is reproducible.
+`budget` True entries. Ties are broken by a seeded random permutation (never by position: sources
+are often sorted by class, and discrete metrics such as forgetting tie massively), so a selection is
+reproducible for a seed and unbiased across classes.
 
 - keep_hard / keep_easy: top / bottom `budget` by score (Sorscher et al. 2022: keep easy when data
   is scarce, hard when it is abundant).
@@ -24,15 +26,34 @@ from datacull.registry import Registry
 POLICIES: Registry = Registry("selection policy", "select.policy")
 
 
-def _hardest_first(scores: np.ndarray) -> np.ndarray:
-    return np.argsort(-scores, kind="stable")
+def hardness_order(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices hardest first; examples with equal scores in a seeded random order."""
+    perm = rng.permutation(len(scores))
+    return perm[np.argsort(-np.asarray(scores)[perm], kind="stable")]
+
+
+def boundary_ties(scores: np.ndarray, keep: np.ndarray) -> dict:
+    """How much of a selection rests on tie-breaking: share of tied scores overall, and the number
+    (and share) of examples whose score equals the score at the kept/pruned boundary."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    tied_share = float((counts[inverse] > 1).mean()) if n else 0.0
+    if keep.all() or not keep.any():
+        return {"tied_share": tied_share, "boundary_value": float("nan"), "boundary_tied": 0, "boundary_tied_share": 0.0}
+    kept_values, pruned_values = scores[keep], scores[~keep]
+    shared = np.intersect1d(kept_values, pruned_values)  # values found on both sides of the cut
+    tied = int(np.isin(scores, shared).sum())
+    value = float(shared[0]) if len(shared) else float("nan")
+    return {"tied_share": tied_share, "boundary_value": value, "boundary_tied": tied,
+            "boundary_tied_share": tied / n}
 
 
 @POLICIES.register("keep_hard", "keep the highest-scoring (hardest) examples")
 def keep_hard(scores: np.ndarray, budget: int, rng: np.random.Generator, **_) -> np.ndarray:
     """Keep the `budget` hardest examples."""
     keep = np.zeros(len(scores), dtype=bool)
-    keep[_hardest_first(scores)[:budget]] = True
+    keep[hardness_order(scores, rng)[:budget]] = True
     return keep
 
 
@@ -40,7 +61,7 @@ def keep_hard(scores: np.ndarray, budget: int, rng: np.random.Generator, **_) ->
 def keep_easy(scores: np.ndarray, budget: int, rng: np.random.Generator, **_) -> np.ndarray:
     """Keep the `budget` easiest examples."""
     keep = np.zeros(len(scores), dtype=bool)
-    keep[np.argsort(scores, kind="stable")[:budget]] = True
+    keep[hardness_order(-np.asarray(scores), rng)[:budget]] = True
     return keep
 
 
@@ -54,15 +75,20 @@ def keep_random(scores: np.ndarray, budget: int, rng: np.random.Generator, **_) 
 
 @POLICIES.register("ccs", "coverage-centric coreset selection: hard cutoff + stratified sampling")
 def coverage_centric(scores: np.ndarray, budget: int, rng: np.random.Generator, *,
-                     hard_cutoff: float = 0.1, strata: int = 50, **_) -> np.ndarray:
-    """CCS (Zheng et al. 2023). The cutoff shrinks when the budget needs the examples it would drop."""
+                     hard_cutoff: float = 0.1, strata: int = 50, cutoff_scores: np.ndarray | None = None,
+                     **_) -> np.ndarray:
+    """CCS (Zheng et al. 2023). The cutoff shrinks when the budget needs the examples it would drop.
+
+    `cutoff_scores` (default: `scores`) ranks the examples for the hard cutoff; the reference code
+    cuts on AUM whatever score it stratifies."""
     if not 0 <= hard_cutoff < 1:
         raise DatacullError(f"select.hard_cutoff must be in [0, 1), got {hard_cutoff}")
     if strata < 1:
         raise DatacullError(f"select.strata must be >= 1, got {strata}")
     n = len(scores)
     dropped = min(int(round(hard_cutoff * n)), n - budget)
-    candidates = _hardest_first(scores)[dropped:]
+    ranking = scores if cutoff_scores is None else np.asarray(cutoff_scores, dtype=np.float64)
+    candidates = np.sort(hardness_order(ranking, rng)[dropped:])
     values = scores[candidates]
     edges = np.linspace(values.min(), values.max(), strata + 1)
     stratum = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, strata - 1)
@@ -89,18 +115,26 @@ def class_budgets(labels: np.ndarray, budget: int) -> dict[int, int]:
 
 
 def select_mask(scores: np.ndarray, labels: np.ndarray, budget: int, policy: str, *,
-                class_balanced: bool = False, seed: int = 0, **params) -> np.ndarray:
-    """Keep mask with exactly `budget` entries chosen by `policy` (optionally within each class)."""
+                class_balanced: bool = False, seed: int = 0, cutoff_scores: np.ndarray | None = None,
+                **params) -> np.ndarray:
+    """Keep mask with exactly `budget` entries chosen by `policy` (optionally within each class).
+
+    `cutoff_scores` (CCS only) is the score the hard cutoff is taken on."""
     choose: Callable = POLICIES.get(policy).obj
     if not 0 <= budget <= len(scores):
         raise DatacullError(f"cannot keep {budget} of {len(scores)} scored examples")
     rng = np.random.default_rng(seed)
+    if cutoff_scores is not None:
+        params["cutoff_scores"] = np.asarray(cutoff_scores)
     if not class_balanced:
         return choose(scores, budget, rng, **params)
     keep = np.zeros(len(scores), dtype=bool)
     for label, class_budget in class_budgets(labels, budget).items():
         members = np.flatnonzero(labels == label)
-        keep[members[choose(scores[members], class_budget, rng, **params)]] = True
+        member_params = dict(params)
+        if "cutoff_scores" in member_params:
+            member_params["cutoff_scores"] = member_params["cutoff_scores"][members]
+        keep[members[choose(scores[members], class_budget, rng, **member_params)]] = True
     return keep
 
 

@@ -83,11 +83,13 @@ def test_metrics_share_the_runs_and_reuse_them(planted):
 
 def test_recorded_variation_ratio_and_bald_run_on_the_shared_runs(planted):
     ctx = planted[0]
-    params = compose(["metric.ensemble_uncertainty.predictions=recorded"]).metric.ensemble_uncertainty
+    params = compose(["metric.ensemble_uncertainty.predictions=recorded",
+                      "metric.ensemble_uncertainty.pool=in_sample"]).metric.ensemble_uncertainty
     recorded = get_metric("ensemble_uncertainty").obj(ctx, params)
     members = 2 * 3
     assert set(np.unique(np.round(recorded * members, 6))) <= set(range(members))
-    bald = compose(["metric.ensemble_uncertainty.measure=bald"]).metric.ensemble_uncertainty
+    bald = compose(["metric.ensemble_uncertainty.measure=bald",
+                    "metric.ensemble_uncertainty.pool=in_sample"]).metric.ensemble_uncertainty
     assert (get_metric("ensemble_uncertainty").obj(ctx, bald) >= -1e-9).all()
 
 
@@ -141,22 +143,35 @@ def test_missing_or_out_of_range_labels_name_the_metric(tmp_path, name):
 
 
 def test_epoch_beyond_the_run_is_an_error(tmp_path):
-    ctx = toy_ctx(tmp_path, [0, 1, 2, 0], "metric.el2n.epoch=3")
-    with pytest.raises(DatacullError, match="epoch=3 is beyond the run: .*train.epochs=2"):
-        get_metric("el2n").obj(ctx, ctx.params("el2n"))
-    ctx = toy_ctx(tmp_path, [0, 1, 2, 0], "metric.el2n.epoch=0")
+    for source in ("checkpoint", "recorded"):
+        ctx = toy_ctx(tmp_path, [0, 1, 2, 0], "metric.el2n.epoch=3", f"metric.el2n.source={source}")
+        with pytest.raises(DatacullError, match="epoch=3 is beyond the run: .*train.epochs=2"):
+            get_metric("el2n").obj(ctx, ctx.params("el2n"))
+    ctx = toy_ctx(tmp_path, [0, 1, 2, 0], "metric.el2n.epoch=0", "metric.el2n.source=recorded")
     with pytest.raises(DatacullError, match="epoch must be >= 1"):
         get_metric("el2n").obj(ctx, ctx.params("el2n"))
+    ctx = toy_ctx(tmp_path, [0, 1, 2, 0], "metric.el2n.epoch=-1")
+    with pytest.raises(DatacullError, match="epoch must be >= 0"):
+        get_metric("el2n").obj(ctx, ctx.params("el2n"))
+    ctx = toy_ctx(tmp_path, [0, 1, 2, 0], "metric.el2n.source=eval")
+    with pytest.raises(DatacullError, match="source must be one of checkpoint, recorded"):
+        get_metric("el2n").obj(ctx, ctx.params("el2n"))
 
 
-@pytest.mark.parametrize("override,message", [
-    ("metric.ensemble_uncertainty.measure=margin", "measure must be one of"),
-    ("metric.ensemble_uncertainty.checkpoints=5", "checkpoints must be in"),
-    ("metric.ensemble_uncertainty.predictions=recorded", "needs probabilities"),
-    ("metric.ensemble_uncertainty.runs=0", "runs must be >= 1"),
+ENS = "metric.ensemble_uncertainty."
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ([ENS + "measure=margin"], "measure must be one of"),
+    ([ENS + "checkpoints=5"], "checkpoints must be in"),
+    ([ENS + "predictions=recorded", ENS + "measure=entropy", ENS + "pool=in_sample"], "needs probabilities"),
+    ([ENS + "predictions=recorded"], "only for pool=in_sample"),
+    ([ENS + "runs=0"], "runs must be >= 1"),
+    ([ENS + "pool=oob"], "pool must be one of out_of_fold, in_sample"),
+    ([ENS + "folds=2", ENS + "checkpoints=2"], "folds=2 exceeds the size of the smallest class"),
+    ([ENS + "folds=1", ENS + "checkpoints=2"], "folds must be between 2"),
 ])
-def test_bad_ensemble_settings(tmp_path, override, message):
-    extra = ["metric.ensemble_uncertainty.measure=entropy"] if "recorded" in override else []
-    ctx = toy_ctx(tmp_path, [0, 1, 2, 0], override, *extra)
+def test_bad_ensemble_settings(tmp_path, overrides, message):
+    ctx = toy_ctx(tmp_path, [0, 1, 2, 0], *overrides)
     with pytest.raises(DatacullError, match=message):
         get_metric("ensemble_uncertainty").obj(ctx, ctx.params("ensemble_uncertainty"))

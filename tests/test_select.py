@@ -81,3 +81,30 @@ def test_count_and_fraction_budget():
 def test_unknown_policy_lists_valid_ones():
     with pytest.raises(DatacullError, match="keep_hard, keep_easy, random, ccs"):
         select_mask(np.zeros(3), np.zeros(3), 1, "keep_medium")
+
+
+def test_ties_are_broken_at_random_not_by_position():
+    """60% tied scores on class-sorted data: every class keeps about its share (Sorscher et al. rank by score)."""
+    from datacull.select import boundary_ties
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(5), 200)  # sorted by class, as ImageFolder sources are
+    scores = np.where(rng.random(1000) < 0.6, 0.0, rng.random(1000) + 0.1)
+    for policy in ("keep_easy", "keep_hard"):
+        keep = select_mask(scores, labels, 300, policy, seed=1)
+        shares = np.bincount(labels[keep], minlength=5) / 200
+        assert keep.sum() == 300 and np.all(np.abs(shares - 0.3) < 0.1), (policy, shares)
+    easy = select_mask(scores, labels, 300, "keep_easy", seed=1)
+    assert np.array_equal(easy, select_mask(scores, labels, 300, "keep_easy", seed=1))
+    assert not np.array_equal(easy, select_mask(scores, labels, 300, "keep_easy", seed=2))
+    ties = boundary_ties(scores, easy)
+    assert ties["boundary_value"] == 0.0 and ties["boundary_tied"] == int((scores == 0).sum())
+    assert 0.55 < ties["tied_share"] <= 1.0
+
+
+def test_ccs_cutoff_on_another_score_drops_its_hardest():
+    rng = np.random.default_rng(3)
+    scores, other = rng.random(400), rng.random(400)
+    keep = select_mask(scores, np.zeros(400, int), 200, "ccs", seed=0, hard_cutoff=0.25, cutoff_scores=other)
+    hardest_other = np.argsort(-other)[:100]
+    assert keep.sum() == 200 and not keep[hardest_other].any()

@@ -14,9 +14,11 @@ from datacull.errors import DatacullError
 from datacull.training import (
     MODELS, Recorder, build_model, indices_from_selection, load_epoch_model, predict_logits, train_model,
 )
-from datacull.training.augment import augment_batch, random_crop
+from datacull.training.augment import (
+    CenterCropView, augment_batch, center_crop_size, random_crop, resize_center_crop, resized_crop, resized_crop_boxes,
+)
 from datacull.training.recorder import batch_statistics
-from datacull.training.trainer import CHECKPOINT_FILE, RUN_FILE, lr_at, weights_path
+from datacull.training.trainer import CHECKPOINT_FILE, RUN_FILE, lr_at, to_input, train_identity, weights_path
 
 
 def make_cfg(tmp_path, *overrides: str):
@@ -80,14 +82,128 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image():
     assert torch.equal(augment_batch(x, "none", 2, torch.Generator()), x)
 
 
+def test_reflect_padding_crops_windows_of_the_reflected_image():
+    x = torch.arange(3 * 2 * 5 * 5, dtype=torch.float32).reshape(3, 2, 5, 5)
+    out = random_crop(x, 2, torch.Generator().manual_seed(1), "reflect")
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    for i in range(3):
+        assert any(torch.equal(out[i], padded[i, :, r: r + 5, c: c + 5]) for r in range(5) for c in range(5))
+    with pytest.raises(DatacullError, match="too large for reflect"):
+        random_crop(x, 5, torch.Generator(), "reflect")
+
+
+def test_random_resized_crop_boxes_follow_the_sampling_rule():
+    boxes = resized_crop_boxes(4000, 224, 224, torch.Generator().manual_seed(0))
+    top, left, h, w = boxes.T.double()
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 224).all() and (left + w <= 224).all()
+    area = h * w / 224 ** 2
+    assert area.min() >= 0.079 and area.max() <= 1.0 and area.mean() > 0.4  # U(0.08, 1) of fitting boxes
+    assert (w / h).min() >= 0.74 and (w / h).max() <= 1.35  # (3/4, 4/3) up to rounding
+    assert (top > 0).any() and (left > 0).any()  # uniform positions, not only corners or centres
+    assert torch.equal(boxes, resized_crop_boxes(4000, 224, 224, torch.Generator().manual_seed(0)))
+    assert not torch.equal(boxes, resized_crop_boxes(4000, 224, 224, torch.Generator().manual_seed(1)))
+    # no box of the scale range fits a 2 x 400 strip: the centre crop with the ratio clamped to 4/3
+    strip = resized_crop_boxes(5, 2, 400, torch.Generator().manual_seed(0))
+    assert (strip == torch.tensor([0, (400 - 3) // 2, 2, 3])).all()
+
+
+def test_random_resized_crop_resizes_each_box_like_interpolate():
+    x = torch.rand(6, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    boxes = resized_crop_boxes(6, 20, 24, torch.Generator().manual_seed(4))
+    out = resized_crop(x, boxes)
+    assert out.shape == x.shape
+    for i, (t, l, h, w) in enumerate(boxes.tolist()):
+        want = torch.nn.functional.interpolate(x[i: i + 1, :, t: t + h, l: l + w], size=(20, 24), mode="bilinear",
+                                               align_corners=False)[0]
+        torch.testing.assert_close(out[i], want, atol=1e-5, rtol=1e-5)
+    whole = torch.tensor([[0, 0, 20, 24]] * 6)
+    torch.testing.assert_close(resized_crop(x, whole), x)  # the whole image at its own size: identity
+    same = augment_batch(x, "resized_crop_flip", 0, torch.Generator().manual_seed(2))
+    assert same.shape == x.shape
+    assert torch.equal(same, augment_batch(x, "resized_crop_flip", 0, torch.Generator().manual_seed(2)))
+    assert not torch.equal(same, augment_batch(x, "resized_crop_flip", 0, torch.Generator().manual_seed(3)))
+
+
+def test_eval_transform_geometry():
+    # 300 x 400 at side 224: shorter side 256, longer int(256 * 400 / 300) = 341; crop at (16, round(58.5) = 58)
+    assert center_crop_size(300, 400, 224) == (256, 341, 16, 58)
+    assert center_crop_size(400, 300, 224) == (341, 256, 58, 16)
+    assert center_crop_size(256, 256, 224) == (256, 256, 16, 16)
+    image = np.zeros((300, 400, 3), dtype=np.uint8)
+    image[:, 250:] = 255   # a vertical edge at x = 250 -> 250 * 256/300 - 58 = 155.3 in the output
+    image[100:, :, 1] = 0  # a horizontal edge at y = 100 (green only) -> 100 * 256/300 - 16 = 69.3
+    out = resize_center_crop(image, 224)
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    assert (out[:, :153, 0] == 0).all() and (out[:, 158:, 0] == 255).all()
+    assert (out[:67, 158:, 1] == 255).all() and (out[72:, :, 1] == 0).all()
+    square = np.random.default_rng(0).integers(0, 256, (256, 256, 1), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_center_crop(square, 224), square[16:240, 16:240])  # no resize: the crop
+
+
+def test_predict_logits_applies_the_eval_transform(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 20, 30, 3), dtype=np.uint8)
+    source = ArraySource("toy", "train", images, np.arange(5) % 3, 3)
+    cfg = make_cfg(tmp_path, "train.eval_transform=resize_center_crop", "model.image_size=16")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 3, 3, 16).eval()
+    logits = predict_logits(model, source, np.arange(5), cfg)
+    # side 16: shorter side round(16 * 256/224) = 18, longer int(18 * 30 / 20) = 27, crop at (1, round(5.5) = 6)
+    from PIL import Image
+    want = np.stack([np.asarray(Image.fromarray(im).resize((27, 18), Image.BILINEAR))[1:17, 6:22] for im in images])
+    np.testing.assert_array_equal(CenterCropView(source, 16, 3).load(2), want[2])
+    with torch.no_grad():
+        expected = model(to_input(torch.from_numpy(want).permute(0, 3, 1, 2), torch.device("cpu"))).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    plain = predict_logits(model, source, np.arange(5), make_cfg(tmp_path, "model.image_size=16"))
+    assert not np.allclose(plain, logits)  # the default evaluates the squashed whole image
+    with pytest.raises(DatacullError, match="train.eval_transform"):
+        predict_logits(model, source, np.arange(5), make_cfg(tmp_path, "train.eval_transform=crop"))
+
+
+def test_trainer_passes_the_recipe_augmentation(tmp_path, monkeypatch):
+    from datacull.training import trainer
+    seen = []
+    real = trainer.augment_batch
+    monkeypatch.setattr(trainer, "augment_batch", lambda x, name, padding, generator, pad_mode="zeros": (
+        seen.append((name, padding, pad_mode, tuple(x.shape[1:]))) or real(x, name, padding, generator, pad_mode)))
+    for overrides, want in ((("train.augment=resized_crop_flip",), ("resized_crop_flip", 1, "zeros")),
+                            (("train.augment=crop", "train.crop_padding=3", "train.crop_padding_mode=reflect"),
+                             ("crop", 3, "reflect"))):
+        cfg = make_cfg(tmp_path, "data.limit=64", "train.epochs=1", *overrides)
+        source = build_source(cfg.data)
+        result = train_model(cfg, source, np.arange(len(source)), seed=0, run_dir=tmp_path / want[0])
+        assert np.isfinite(result.history[-1]["loss"])
+        assert seen[-1] == (*want, (1, 8, 8))
+
+
 def test_learning_rate_schedules():
-    step = compose(["train=imagenet"]).train
+    step = compose(["train=imagenet_sorscher2022"]).train
     assert lr_at(step, 90, 0) == pytest.approx(0.1)
     assert lr_at(step, 90, 30.0) == pytest.approx(0.01)
     assert lr_at(step, 90, 65.5) == pytest.approx(0.001)
-    cosine = compose(["train=cifar"]).train
+    cosine = compose(["train=cifar_cosine"]).train
     assert lr_at(cosine, 200, 100) == pytest.approx(0.05)
     assert lr_at(cosine, 200, 200) == pytest.approx(0.0, abs=1e-12)
+    # Paul et al. 2021 (mansheej/data_diet): lr 0.1, x0.2 at epochs 60, 120, 160 of 200
+    paul = compose(["train=cifar_paul2021"]).train
+    assert paul.epochs == 200 and paul.augment == "crop_flip" and paul.crop_padding_mode == "reflect"
+    for epoch, lr in ((0, 0.1), (59, 0.1), (59.99, 0.1), (60, 0.02), (119.5, 0.02), (120, 0.004), (159, 0.004),
+                      (160, 0.0008), (199.9, 0.0008)):
+        assert lr_at(paul, 200, epoch) == pytest.approx(lr, rel=1e-12), epoch
+
+
+def test_recipe_names_and_aliases():
+    assert compose(["train=cifar"]).train == compose(["train=cifar_paul2021"]).train
+    assert compose(["train=imagenet"]).train == compose(["train=imagenet_sorscher2022"]).train
+    imagenet = compose(["train=imagenet_sorscher2022"]).train
+    assert (imagenet.augment, imagenet.eval_transform, imagenet.batch_size, imagenet.weight_decay) == (
+        "resized_crop_flip", "resize_center_crop", 256, 1e-4)
+    # keys at their neutral default stay out of the run identity (cached runs of older configs are reused)
+    cpu = train_identity(compose([]).train)
+    assert "eval_transform" not in cpu and "crop_padding_mode" not in cpu
+    assert train_identity(compose(["train.eval_transform=resize_center_crop"]).train)["eval_transform"] == \
+        "resize_center_crop"
 
 
 # ---------------------------------------------------------------- recorder

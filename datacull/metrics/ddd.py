@@ -21,25 +21,21 @@ add a second network by overriding `model`. The pixel models see images resized 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from omegaconf import DictConfig
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from datacull import layout
 from datacull.errors import DatacullError
 from datacull.metrics.context import ScoreContext
 from datacull.metrics.registry import register_metric
-from datacull.store import fingerprint, to_plain
 from datacull.training.data import iter_images
-from datacull.training.trainer import indices_hash, predict_logits, train_identity, train_model
+from datacull.training.dynamics import kfold_runs, kfold_splits
+from datacull.training.trainer import predict_logits
 
 MEMBERS = ("net", "logistic_regression", "knn", "random_forest")
 
@@ -73,23 +69,6 @@ def sklearn_member(name: str, params: DictConfig, seed: int):
     raise DatacullError(f"unknown metric.ddd member {name!r}; valid members: {', '.join(MEMBERS)}")
 
 
-def _folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    if folds < 2 or folds > len(labels):
-        raise DatacullError(f"metric.ddd.folds must be between 2 and the number of examples ({len(labels)}), got {folds}")
-    counts = np.bincount(labels)
-    if counts[counts > 0].min() < folds:
-        raise DatacullError(f"metric.ddd.folds={folds} exceeds the size of the smallest class "
-                            f"({counts[counts > 0].min()} examples); lower metric.ddd.folds")
-    return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
-
-
-def _net_dir(ctx: ScoreContext, folds: int, seed: int, epochs) -> Path:
-    cfg = ctx.cfg
-    fp = fingerprint(layout.data_identity(cfg.data), indices_hash(ctx.indices), to_plain(cfg.model),
-                     train_identity(cfg.train), folds, seed, epochs)
-    return ctx.runs_dir / f"ddd-{fp}"
-
-
 def out_of_fold_errors(ctx: ScoreContext, params: DictConfig) -> dict[str, np.ndarray]:
     """Per member, a bool (N,) array: misclassified when its fold was held out."""
     labels = ctx.require_labels("ddd")
@@ -101,16 +80,15 @@ def out_of_fold_errors(ctx: ScoreContext, params: DictConfig) -> dict[str, np.nd
         raise DatacullError(f"unknown metric.ddd member(s) {unknown}; valid members: {', '.join(MEMBERS)}")
     folds = int(params.get("folds", 5))
     seed = ctx.seed("ddd")
-    splits = _folds(labels, folds, seed)
+    splits = kfold_splits(labels, folds, seed, "ddd")
     epochs = params.get("net_epochs")
     pixels = pixel_features(ctx, params.get("pixel_size")) if any(m != "net" for m in members) else None
+    net_runs = kfold_runs(ctx, "ddd", folds, seed, epochs) if "net" in members else None
     errors = {m: np.zeros(len(labels), dtype=bool) for m in members}
     for fold, (train_pos, held_pos) in enumerate(tqdm(splits, desc="ddd folds", unit="fold")):
         for member in members:
             if member == "net":
-                run = train_model(ctx.cfg, ctx.source, ctx.indices[train_pos], seed + fold,
-                                  _net_dir(ctx, folds, seed, epochs) / f"fold{fold}", record=False,
-                                  epochs=None if epochs is None else int(epochs))
+                run = next(net_runs)[3]
                 predicted = predict_logits(run.model, ctx.source, ctx.indices[held_pos], ctx.cfg).argmax(1)
             else:
                 model = sklearn_member(member, params, seed + fold).fit(pixels[train_pos], labels[train_pos])

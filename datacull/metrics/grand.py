@@ -6,8 +6,8 @@ important examples early in training", NeurIPS 2021).
 
 with the expectation taken over `metric.<name>.runs` independent initialisations, at
 initialisation (`epoch: 0`, the paper's GraNd-at-init) or after `epoch` epochs of the shared
-training runs (the same runs as EL2N/forgetting/AUM, seeds `run_seeds(cfg, runs)`; their weights
-of that epoch must have been kept, see `train.keep_epoch_weights`). The paper averages 10 inits.
+training runs (the same runs as EL2N/forgetting/AUM, seeds `run_seeds(cfg, runs)`, which keep
+that epoch's weights: see datacull/training/dynamics.py). The paper averages 10 inits.
 
 `grand` is exact: per-example gradients with torch.func (vmap over grad, `chunk_size` examples at
 a time), BatchNorm in eval mode (running statistics; vmap cannot update them, and the paper's
@@ -28,26 +28,15 @@ from datacull.encoders.base import resolve_device
 from datacull.errors import DatacullError
 from datacull.metrics.context import ScoreContext
 from datacull.metrics.registry import register_metric
-from datacull.training.data import channel_stats, input_geometry, iter_images, load_images
-from datacull.training.models import build_model
+from datacull.training.data import input_geometry, iter_images
+from datacull.training.dynamics import epoch_models, init_model
 from datacull.training.per_example import last_layer_grad_norms, per_example_grad_norms
-from datacull.training.trainer import cached_run, load_epoch_model, run_seeds, to_input
+from datacull.training.trainer import to_input
 
 CITATION = "Paul, Ganguli, Dziugaite 2021"
 
 
-def init_model(ctx: ScoreContext, seed: int, device: torch.device) -> torch.nn.Module:
-    """`cfg.model` as initialised by the trainer with `seed`, input normalisation from the scored images."""
-    cfg = ctx.cfg
-    channels, size = input_geometry(cfg.model, ctx.source)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(cfg.model, ctx.num_classes, channels, size[0])
-    pick = ctx.indices[np.linspace(0, len(ctx.indices) - 1, min(10_000, len(ctx.indices))).astype(np.int64)]
-    sample, _ = load_images(ctx.source, pick, size, channels, int(cfg.data.get("num_workers", 0) or 0),
-                            str(cfg.data.get("on_error", "skip")))
-    model.set_normalization(*channel_stats(sample))
-    return model.to(device).eval()
+__all__ = ["grand", "grand_last_layer", "init_model", "mean_over_models", "scoring_models"]
 
 
 def scoring_models(ctx: ScoreContext, metric: str, params: DictConfig, device: torch.device):
@@ -58,12 +47,7 @@ def scoring_models(ctx: ScoreContext, metric: str, params: DictConfig, device: t
     if epoch < 0 or epoch > int(ctx.cfg.train.epochs):
         raise DatacullError(f"metric.{metric}.epoch must be in [0, train.epochs={ctx.cfg.train.epochs}] "
                             f"(0 = at initialisation), got {epoch}")
-    for seed in run_seeds(ctx.cfg, runs):
-        if epoch == 0:
-            yield init_model(ctx, seed, device)
-        else:
-            run = cached_run(ctx, seed, record=True)
-            yield load_epoch_model(ctx.cfg, ctx.source, run.run_dir, epoch, device)
+    yield from epoch_models(ctx, metric, runs, epoch, device)
 
 
 def mean_over_models(ctx: ScoreContext, metric: str, params: DictConfig,

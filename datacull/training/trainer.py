@@ -7,7 +7,8 @@
 A run directory holds
     run.json                 fingerprint, epochs, history; `finished` once the last epoch is done
     checkpoint.pt            model + optimizer + epoch + RNG states (resume point; removed when finished)
-    weights-epoch{e:04d}.pt  model weights after epoch e (the last `train.keep_epoch_weights` epochs)
+    weights-epoch{e:04d}.pt  model weights after epoch e (0, the last `train.keep_epoch_weights` epochs
+                             and every epoch in `keep_epochs`, recorded in run.json)
     record/{field}.npy       per-example statistics (see recorder.py) when `record=True`
 all written atomically; tensors are loaded with torch.load(weights_only=True). A killed run resumes
 from its last checkpoint. Each epoch's data order, augmentation and global torch RNG are derived
@@ -22,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ from datacull.data.loader import ExampleDataset
 from datacull.encoders.base import resolve_device
 from datacull.errors import DatacullError
 from datacull.store import atomic_path, ensure_dir, fingerprint, to_plain, write_json_atomic
-from datacull.training.augment import augment_batch, resolve_augment, resolve_padding
+from datacull.training.augment import (
+    CenterCropView, augment_batch, resolve_augment, resolve_eval_transform, resolve_pad_mode, resolve_padding,
+)
 from datacull.training.data import channel_stats, input_geometry, iter_images, load_images
 from datacull.training.models import ClassifierNet, build_model
 from datacull.training.recorder import Recorder
@@ -47,8 +50,12 @@ if TYPE_CHECKING:
     from datacull.metrics.context import ScoreContext
 
 # train-config keys that change speed or bookkeeping, not the trained model
-_TRAIN_KEYS_IGNORED = {"num_workers", "checkpoint_every", "keep_epoch_weights", "eval_batch_size", "max_in_memory_gb"}
+_TRAIN_KEYS_IGNORED = {"num_workers", "checkpoint_every", "keep_epoch_weights", "eval_batch_size", "max_in_memory_gb",
+                       "budget", "min_steps"}
 RUN_FILE, CHECKPOINT_FILE, RECORD_DIR = "run.json", "checkpoint.pt", "record"
+# train-config keys left out of the identity while at these values (keys added later with a neutral
+# default leave the fingerprints, and so the cached runs, of existing recipes unchanged)
+_TRAIN_NEUTRAL = {"crop_padding_mode": "zeros", "eval_transform": "none"}
 
 
 @dataclass
@@ -75,7 +82,8 @@ def indices_hash(indices: np.ndarray) -> str:
 
 def train_identity(train_cfg: DictConfig) -> dict:
     """The part of the train config that determines the trained model."""
-    return {k: v for k, v in to_plain(train_cfg).items() if k not in _TRAIN_KEYS_IGNORED}
+    return {k: v for k, v in to_plain(train_cfg).items()
+            if k not in _TRAIN_KEYS_IGNORED and not (k in _TRAIN_NEUTRAL and v == _TRAIN_NEUTRAL[k])}
 
 
 def run_fingerprint(cfg: DictConfig, source: DataSource, indices: np.ndarray, seed: int, epochs: int) -> str:
@@ -216,7 +224,8 @@ def load_epoch_model(cfg: DictConfig, source: DataSource, run_dir: Path, epoch: 
                      device: torch.device | None = None) -> ClassifierNet:
     """The model of run `run_dir` after `epoch` (0 = initialisation), eval mode, on `device` (default cfg.device).
 
-    Only the last `train.keep_epoch_weights` epochs (and epoch 0) are kept; asking for another is an error.
+    Only epoch 0, the last `train.keep_epoch_weights` epochs and the run's `keep_epochs` are kept;
+    asking for another is an error.
     """
     run_dir = Path(run_dir)
     info = _read_run(run_dir)
@@ -224,8 +233,8 @@ def load_epoch_model(cfg: DictConfig, source: DataSource, run_dir: Path, epoch: 
     if not info or not path.exists():
         kept = sorted(int(p.stem.split("epoch")[1]) for p in run_dir.glob("weights-epoch*.pt"))
         raise DatacullError(
-            f"run {run_dir} has no weights for epoch {epoch} (kept epochs: {kept}); raise "
-            f"train.keep_epoch_weights and delete that run folder so it is trained again"
+            f"run {run_dir} has no weights for epoch {epoch} (kept epochs: {kept}); pass keep_epochs "
+            f"to train_model/cached_run (the run is then trained again) or raise train.keep_epoch_weights"
         )
     model = _new_model(cfg, source, int(info["seed"]))
     _load_weights(model, path)
@@ -234,12 +243,16 @@ def load_epoch_model(cfg: DictConfig, source: DataSource, run_dir: Path, epoch: 
 
 def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, seed: int, run_dir: Path,
                 record: bool = True, epochs: int | None = None,
-                on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
+                on_epoch_end: Callable[[int, dict], None] | None = None,
+                keep_epochs: Iterable[int] = ()) -> TrainResult:
     """Train `cfg.model` on `source[train_indices]` with `cfg.train` (or load the finished run in `run_dir`).
 
     `epochs` overrides `cfg.train.epochs` (the schedule spans the given number). With `record` the
     per-example statistics of every epoch are kept (see recorder.py). `on_epoch_end(epoch, stats)`
-    is called after each epoch's checkpoint is written (1-based epoch).
+    is called after each epoch's checkpoint is written (1-based epoch). The weights after each epoch
+    in `keep_epochs` are kept besides epoch 0 and the last `train.keep_epoch_weights`; a finished (or
+    resumable) run that lacks one of them is trained again from scratch (each epoch is seeded from
+    (seed, epoch), so on CPU the new run is the same run, now with those weights).
     """
     run_dir = ensure_dir(Path(run_dir))
     indices = check_indices(train_indices, source)
@@ -248,8 +261,15 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
     _check_train_cfg(cfg.train, epochs)
     device = resolve_device(str(cfg.get("device", "auto")))
     fp = run_fingerprint(cfg, source, indices, seed, epochs)
+    keep_epochs = sorted({int(e) for e in keep_epochs if 0 < int(e) <= epochs})
 
     info = _read_run(run_dir)
+    saved = [int(p.stem.split("epoch")[1]) for p in run_dir.glob("weights-epoch*.pt")]
+    missing = [e for e in keep_epochs if e <= max(saved, default=0) and e not in saved]
+    if info.get("fingerprint") == fp and missing:
+        print(f"train: {run_dir} did not keep the weights of epoch(s) {missing}; training it again to keep them")
+        _clear_run(run_dir)
+        info = {}
     if info.get("fingerprint") == fp and info.get("finished") and (info.get("record") or not record):
         model = load_finished(cfg, source, run_dir, info, device)
         recorder = Recorder.open(run_dir / RECORD_DIR) if record else None
@@ -269,7 +289,8 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
         _clear_run(run_dir)
         model.set_normalization(*batches.stats())
         recorder = Recorder.create(run_dir / RECORD_DIR, epochs, len(indices)) if record else None
-        write_json_atomic(run_dir / RUN_FILE, _run_info(fp, seed, epochs, record, indices, history, False))
+        write_json_atomic(run_dir / RUN_FILE, _run_info(fp, seed, epochs, record, indices, history, False,
+                                                        keep_epochs))
         _save_torch(model.state_dict(), weights_path(run_dir, 0))
     model.to(device)
     if channels_last:
@@ -277,7 +298,7 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
     _optimizer_to(optimizer, device)
 
     augment = resolve_augment(cfg.train, cfg.data, channels)
-    padding = resolve_padding(cfg.train, size[0])
+    padding, pad_mode = resolve_padding(cfg.train, size[0]), resolve_pad_mode(cfg.train)
     batch_size = int(cfg.train.batch_size)
     steps = math.ceil(len(indices) / batch_size)
     every = max(1, int(cfg.train.get("checkpoint_every", 1) or 1))
@@ -303,7 +324,7 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
             for step, (images, labels, positions) in enumerate(inner):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(cfg.train, epochs, epoch + step / steps)
-                x = augment_batch(to_input(images, device), augment, padding, generator)
+                x = augment_batch(to_input(images, device), augment, padding, generator, pad_mode)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = labels.to(device, non_blocking=True)
@@ -323,32 +344,35 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
             history.append(stats)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['train_acc']:.3f}")
             _end_epoch(run_dir, cfg, fp, epochs, epoch + 1, model, optimizer, recorder, history,
-                       save_checkpoint=(epoch + 1) % every == 0)
+                       save_checkpoint=(epoch + 1) % every == 0, keep_epochs=keep_epochs)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, stats)
     model.eval()
-    write_json_atomic(run_dir / RUN_FILE, _run_info(fp, seed, epochs, record, indices, history, True))
+    write_json_atomic(run_dir / RUN_FILE, _run_info(fp, seed, epochs, record, indices, history, True, keep_epochs))
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     if recorder is not None:
         recorder = Recorder.open(run_dir / RECORD_DIR)
     return TrainResult(run_dir, model, indices, epochs, history, recorder)
 
 
-def _run_info(fp: str, seed: int, epochs: int, record: bool, indices: np.ndarray, history: list, finished: bool) -> dict:
+def _run_info(fp: str, seed: int, epochs: int, record: bool, indices: np.ndarray, history: list, finished: bool,
+              keep_epochs: list[int] = ()) -> dict:
     return {"fingerprint": fp, "seed": int(seed), "epochs": int(epochs), "record": bool(record),
-            "n_train": int(len(indices)), "history": history, "finished": finished}
+            "n_train": int(len(indices)), "history": history, "finished": finished,
+            "keep_epochs": [int(e) for e in keep_epochs]}
 
 
 def _end_epoch(run_dir: Path, cfg: DictConfig, fp: str, epochs: int, done: int, model: nn.Module,
                optimizer: torch.optim.Optimizer, recorder: Recorder | None, history: list,
-               save_checkpoint: bool) -> None:
-    """Flush the record, save this epoch's weights (dropping old ones) and, if due, the resume checkpoint."""
+               save_checkpoint: bool, keep_epochs: Iterable[int] = ()) -> None:
+    """Flush the record, save this epoch's weights (dropping old ones not in `keep_epochs`) and, if due,
+    the resume checkpoint."""
     if recorder is not None:
         recorder.flush()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _save_torch(state, weights_path(run_dir, done))
     keep = max(1, int(cfg.train.get("keep_epoch_weights", 3) or 1))
-    for old in range(1, done - keep + 1):
+    for old in set(range(1, done - keep + 1)) - set(keep_epochs):
         weights_path(run_dir, old).unlink(missing_ok=True)
     if save_checkpoint or done == epochs:
         checkpoint = {"fingerprint": fp, "epoch": done, "model": state, "optimizer": optimizer.state_dict(),
@@ -390,7 +414,11 @@ def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
 @torch.no_grad()
 def predict_logits(model: nn.Module, source: DataSource, indices: np.ndarray, cfg: DictConfig,
                    batch_size: int | None = None) -> np.ndarray:
-    """(len(indices), C) float32 logits of `model` in eval mode, without augmentation."""
+    """(len(indices), C) float32 logits of `model` in eval mode, without augmentation.
+
+    Images come in the training geometry, or resized and centre-cropped per image from the decoded
+    file under `train.eval_transform=resize_center_crop` (see augment.py).
+    """
     indices = np.asarray(indices, dtype=np.int64)
     param = next(model.parameters())
     device = param.device
@@ -398,6 +426,8 @@ def predict_logits(model: nn.Module, source: DataSource, indices: np.ndarray, cf
     shape = source.image_shape
     # the training geometry: the data's own (H, W) when its height is the model's side, else side x side
     size = (int(shape[0]), int(shape[1])) if shape is not None and shape[0] == side else (side, side)
+    if resolve_eval_transform(cfg.train) == "resize_center_crop":
+        source, size = CenterCropView(source, side, channels), (side, side)
     batch_size = int(batch_size or cfg.train.get("eval_batch_size") or 2 * int(cfg.train.batch_size))
     amp = _flag(cfg.train.get("amp", "auto"), device)
     channels_last = _flag(cfg.train.get("channels_last", "auto"), device)
@@ -422,11 +452,12 @@ def run_seeds(cfg: DictConfig, count: int) -> list[int]:
 
 
 def cached_run(ctx: "ScoreContext", seed: int, train_indices: np.ndarray | None = None, tag: str = "full",
-               record: bool = True) -> TrainResult:
+               record: bool = True, keep_epochs: Iterable[int] = ()) -> TrainResult:
     """The run of `ctx.cfg.model` / `ctx.cfg.train` with `seed` on `train_indices` (default ctx.indices).
 
     Lives in `{runs_dir}/{model.name}-{fingerprint}/{tag}-seed{seed}`, so every metric asking for the
     same seeds (EL2N, forgetting, AUM, ensembles) shares the same runs; trains only when missing.
+    `keep_epochs`: epochs whose weights the run keeps (see train_model).
     """
     cfg = ctx.cfg
     indices = ctx.indices if train_indices is None else np.asarray(train_indices, dtype=np.int64)
@@ -434,4 +465,4 @@ def cached_run(ctx: "ScoreContext", seed: int, train_indices: np.ndarray | None 
                      ctx.source.name, ctx.source.split, len(ctx.source), indices_hash(indices),
                      indices_hash(ctx.source.labels[indices]))
     run_dir = ctx.runs_dir / f"{cfg.model.name}-{fp}" / f"{tag}-seed{seed}"
-    return train_model(cfg, ctx.source, indices, seed, run_dir, record=record)
+    return train_model(cfg, ctx.source, indices, seed, run_dir, record=record, keep_epochs=keep_epochs)
