@@ -4,7 +4,10 @@
         embeddings/{encoder.name}-{fp}/{shard:05d}.npy|.parquet   shared by every experiment
         encoders/{encoder.name}-{fp}.*                            trained / fitted encoder state
         runs/...                                                  training dynamics, shared
-        {name}/scores.parquet, selection.parquet, shards/, report/   one experiment (`name`)
+        {name}/scores.parquet                                     one experiment (`name`)
+        {name}/selections/{tag}/selection.parquet, shards/, report/   one selection each
+        {name}/results/rows/{run_id}.json                         one row per training run
+        {name}/report/                                            the sweep / comparison report
 
 Shared artifacts are keyed by a fingerprint of exactly the config that determines them, so two
 experiments on the same data and encoder reuse the same embeddings and training runs.
@@ -70,16 +73,71 @@ def scores_path(cfg: DictConfig) -> Path:
     return experiment_dir(cfg) / "scores.parquet"
 
 
+def selection_metric(cfg: DictConfig) -> str:
+    """The score column a selection ranks by: `select.metric`, else the first of `metrics`."""
+    metrics = [cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics)
+    return str(cfg.select.get("metric") or metrics[0])
+
+
+def selection_seed(cfg: DictConfig) -> int:
+    """The replicate seed of a selection (subset draw, random policy, tie-breaks) and of its training run."""
+    seed = cfg.select.get("seed")
+    return int(cfg.seed if seed is None else seed)
+
+
+def selection_identity(cfg: DictConfig) -> dict:
+    """Everything that determines which examples a selection keeps (besides the scores themselves)."""
+    sel = to_plain(cfg.select)
+    identity = {"metric": selection_metric(cfg), "policy": sel.get("policy"), "fraction": sel.get("fraction"),
+                "count": sel.get("count"), "class_balanced": bool(sel.get("class_balanced")),
+                "subset_size": sel.get("subset_size"), "seed": selection_seed(cfg),
+                "missing_score": sel.get("missing_score", "median"), "scores": sel.get("scores")}
+    if sel.get("count") is not None:
+        identity["fraction"] = None
+    if identity["policy"] == "ccs":
+        identity.update({k: sel.get(k) for k in ("hard_cutoff", "strata", "cutoff_metric")})
+    return identity
+
+
+def selection_tag(cfg: DictConfig) -> str:
+    """Readable, unique folder name of a selection: `{metric}-{policy}-f{fraction}[-cb][-n{subset}]-s{seed}-{fp}`."""
+    ident = selection_identity(cfg)
+    budget = f"n{ident['count']}" if ident["count"] is not None else f"f{float(ident['fraction']):g}"
+    parts = [ident["metric"], str(ident["policy"]), budget]
+    if ident["class_balanced"]:
+        parts.append("cb")
+    if ident["subset_size"] is not None:
+        parts.append(f"sub{ident['subset_size']:g}" if isinstance(ident["subset_size"], float)
+                     else f"sub{ident['subset_size']}")
+    parts += [f"s{ident['seed']}", fingerprint(ident)[:8]]
+    return "-".join(parts)
+
+
+def selection_dir(cfg: DictConfig) -> Path:
+    """Folder of one selection: its table, exported shards and figures (never shared by two selections)."""
+    return experiment_dir(cfg) / "selections" / selection_tag(cfg)
+
+
 def selection_path(cfg: DictConfig) -> Path:
-    """The selection table of the experiment."""
-    return experiment_dir(cfg) / "selection.parquet"
+    """The selection table of the configured selection."""
+    return selection_dir(cfg) / "selection.parquet"
 
 
 def shards_dir(cfg: DictConfig) -> Path:
-    """Folder of the exported webdataset shards of the experiment."""
-    return experiment_dir(cfg) / "shards"
+    """Folder of the exported webdataset shards of the configured selection."""
+    return selection_dir(cfg) / "shards"
+
+
+def selection_report_dir(cfg: DictConfig) -> Path:
+    """Folder of the figures of one selection (score histogram, examples)."""
+    return selection_dir(cfg) / "report"
+
+
+def results_rows_dir(cfg: DictConfig) -> Path:
+    """Folder of the experiment's training-result rows (one JSON file per run; parallel-safe)."""
+    return experiment_dir(cfg) / "results" / "rows"
 
 
 def report_dir(cfg: DictConfig) -> Path:
-    """Folder of the experiment's figures and report."""
+    """Folder of the experiment's sweep / comparison report."""
     return experiment_dir(cfg) / "report"

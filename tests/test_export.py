@@ -294,7 +294,7 @@ def test_interrupted_export_leaves_nothing_and_keeps_the_old_one(tmp_path, monke
     monkeypatch.setattr(export_module.ShardSequence, "write", failing_write)
     with pytest.raises(RuntimeError, match="disk on fire"):
         export(cfg)
-    assert sorted(p.name for p in layout.experiment_dir(cfg).iterdir()) == ["selection.parquet"]
+    assert sorted(p.name for p in layout.selection_dir(cfg).iterdir()) == ["selection.parquet"]
 
     monkeypatch.undo()
     old = export(cfg)
@@ -304,7 +304,7 @@ def test_interrupted_export_leaves_nothing_and_keeps_the_old_one(tmp_path, monke
     with pytest.raises(RuntimeError, match="disk on fire"):
         export(make_cfg(tmp_path / "work", "export.maxcount=7"))
     assert {p.name: sha256(p) for p in out.iterdir()} == before
-    assert sorted(p.name for p in layout.experiment_dir(cfg).iterdir()) == ["selection.parquet", "shards"]
+    assert sorted(p.name for p in layout.selection_dir(cfg).iterdir()) == ["selection.parquet", "shards"]
     assert json.loads(old["manifest"].read_text())["config"]["export"]["maxcount"] == 40
 
 
