@@ -63,3 +63,32 @@ def test_k_larger_than_examples_is_an_error(rng):
     rows, labels = _blobs(rng, n_per=2)
     with pytest.raises(DatacullError, match="k=50"):
         train_spherical_kmeans(rows, 50)
+
+
+def test_ssp_k_auto_is_the_number_of_classes_and_is_recorded():
+    from datacull.metrics.prototypes import ssp_k
+
+    assert ssp_k("auto", 10, 60000) == 10 and ssp_k("auto", 1000, 500) == 500 and ssp_k(7, 10, 100) == 7
+    assert ssp_k("auto", 0, 20000) == 100  # unlabelled: round(sqrt(N / 2))
+
+
+def test_kmeanspp_init_reaches_the_best_objective_where_one_random_init_fails():
+    """Ten clusters of very unequal size: the objective must match scikit-learn's best of 10 inits."""
+    from sklearn.cluster import KMeans
+
+    from datacull.kmeans import l2_normalize, nearest_centroid, train_spherical_kmeans
+
+    rng = np.random.default_rng(0)
+    centres = l2_normalize(rng.normal(size=(10, 32)))
+    sizes = [2000] + [40] * 9
+    rows = l2_normalize(np.concatenate([c + 0.15 * rng.normal(size=(m, 32)) for c, m in zip(centres, sizes)]).astype(np.float32))
+
+    def objective(centroids):
+        return float((1.0 - nearest_centroid(rows, centroids)[1]).mean())
+
+    reference = KMeans(10, n_init=10, random_state=0).fit(rows).cluster_centers_
+    best = objective(l2_normalize(reference.astype(np.float32)))
+    ours = [objective(train_spherical_kmeans(rows, 10, seed=s)) for s in range(3)]
+    randoms = [objective(train_spherical_kmeans(rows, 10, seed=s, init="random", nredo=1)) for s in range(3)]
+    assert max(ours) <= best * 1.01
+    assert max(randoms) > best * 1.01  # the planted failure of a random start

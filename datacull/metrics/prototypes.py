@@ -22,12 +22,25 @@ def ssp(ctx: ScoreContext, params: DictConfig) -> dict[str, np.ndarray]:
     """1 - cosine similarity to the nearest spherical-k-means centroid (plus the cluster id)."""
     rows = ctx.embeddings()
     gpu = use_faiss_gpu(params.get("gpu", "auto"), str(ctx.cfg.device))
-    centroids = train_spherical_kmeans(rows, int(params.get("k", 10)), niter=int(params.get("niter", 25)),
+    k = ssp_k(params.get("k", "auto"), ctx.num_classes, len(rows))
+    centroids = train_spherical_kmeans(rows, k, niter=int(params.get("niter", 25)),
                                        seed=ctx.seed("ssp"), gpu=gpu,
-                                       max_points_per_centroid=int(params.get("max_points_per_centroid", 256)))
+                                       max_points_per_centroid=int(params.get("max_points_per_centroid", 256)),
+                                       init=str(params.get("init", "kmeans++")), nredo=int(params.get("nredo", 5)))
     cluster, similarity = nearest_centroid(rows, centroids, block_size=int(params.get("block_size", 65536)),
                                            gpu=gpu, desc="ssp assign")
-    return {"ssp": (1.0 - similarity).astype(np.float64), "ssp_cluster": cluster}
+    return {"ssp": (1.0 - similarity).astype(np.float64), "ssp_cluster": cluster,
+            "ssp_k": np.full(len(rows), k, dtype=np.int64)}
+
+
+def ssp_k(setting, num_classes: int, n: int) -> int:
+    """`metric.ssp.k`: an int, or `auto` = the number of classes when the source knows it (the paper:
+    k of the order of the number of classes, robust within ~10x), else round(sqrt(n / 2)) (a common
+    rule of thumb for unlabelled data), capped at n."""
+    if str(setting) == "auto":
+        k = int(num_classes) if num_classes and num_classes > 1 else int(round(np.sqrt(n / 2)))
+        return max(1, min(k, n))
+    return int(setting)
 
 
 @register_metric("supervised_prototypes", "cosine distance to the example's own class-mean embedding",
