@@ -19,14 +19,20 @@ def conf_dir() -> Path:
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose the app config with Hydra overrides, as `datacull STAGE overrides...` would."""
+    """Compose the app config with Hydra overrides, as `datacull STAGE overrides...` would.
+
+    Like the CLI, values holding a webdataset brace pattern need no Hydra quoting
+    (`compose(["data=wds", "data.urls=shards/train-{000000..000009}.tar"])`).
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from datacull.cli import quote_brace_patterns
+
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
+            return hydra_compose(config_name=config_name, overrides=quote_brace_patterns(list(overrides)))
     finally:
         GlobalHydra.instance().clear()

@@ -20,13 +20,10 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +31,8 @@ from webdataset import TarWriter
 
 from datacull.data.base import UNKNOWN_LABEL, CorruptExample, DataSource
 from datacull.errors import DatacullError
-from datacull.store import ensure_dir, parquet_config, parquet_fingerprint, write_json_atomic
+from datacull.logs import progress as progress_bar
+from datacull.store import atomic_directory, parquet_config, parquet_fingerprint, write_json_atomic
 
 SELECTION_COLUMNS = ("key", "index", "label", "score", "rank", "kept", "reason")
 # scores-table columns that are not metric values
@@ -236,55 +234,6 @@ def wids_index(shards: list[dict], name: str) -> dict:
             "shardlist": [{"url": s["url"], "nsamples": s["nsamples"], "filesize": s["filesize"]} for s in shards]}
 
 
-# ---------------------------------------------------------------------------------- atomic folder
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _current_umask() -> int:
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-@contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `final`; on success fsync it and swap it in for `final`.
-
-    On any exception (KeyboardInterrupt included) the temporary folder is removed and an existing
-    `final` is left untouched. The old folder is moved aside first and deleted only after the rename.
-    """
-    final = Path(final)
-    ensure_dir(final.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        yield tmp
-        umask = _current_umask()
-        for child in tmp.iterdir():  # mkstemp/mkdtemp create owner-only files; exports are meant to be shared
-            os.chmod(child, 0o666 & ~umask)
-            _fsync_path(child)
-        os.chmod(tmp, 0o777 & ~umask)
-        _fsync_path(tmp)
-        old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
-        if final.exists():
-            os.rename(final, old)
-        try:
-            os.rename(tmp, final)
-        except BaseException:
-            if old.exists():
-                os.rename(old, final)
-            raise
-        _fsync_path(final.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 # ----------------------------------------------------------------------------------------- export
 
 def _reason_group(reason: str) -> str:
@@ -312,8 +261,6 @@ def export_selection(source: DataSource, selection_path: Path, out_dir: Path, *,
     Returns {"shards_dir", "manifest", "wids_index"}. `on_error` ("skip" | "fail") decides what a
     CorruptExample met while exporting does: the example is recorded as skipped, or one error is raised.
     """
-    from tqdm.auto import tqdm
-
     name = check_shard_name(name)
     if int(maxcount) < 1:
         raise DatacullError(f"export.maxcount must be at least 1 (got {maxcount})")
@@ -345,7 +292,7 @@ def export_selection(source: DataSource, selection_path: Path, out_dir: Path, *,
     with atomic_directory(out_dir) as tmp:
         shards = ShardSequence(tmp, name, int(maxcount), None if mtime is None else int(mtime))
         try:
-            for row in tqdm(np.flatnonzero(kept), desc="export", unit="example", disable=not progress):
+            for row in progress_bar(np.flatnonzero(kept), desc="export", unit="example", disable=not progress):
                 key, index, label = keys[row], int(indices[row]), int(labels[row])
                 try:
                     pixels = source.load(index)  # decodes raw images too, so no undecodable bytes are shipped

@@ -7,9 +7,12 @@ Initialisation. faiss starts Lloyd's iterations from k rows drawn uniformly at r
 training sample of k * max_points_per_centroid rows one unlucky draw (two seeds in one true
 cluster, none in another) decides the prototypes (measured in README, Benchmarks). The default
 here is greedy k-means++ seeding on the training sample (Arthur & Vassilvitskii 2007, "k-means++:
-the advantages of careful seeding"; the greedy variant, best of 2 + ln k candidates per step, is
-the one scikit-learn uses), handed to faiss as `init_centroids`. `nredo` restarts keep the fit
-with the lowest objective on the sample. `init="random", nredo=1` is faiss's own behaviour.
+the advantages of careful seeding"; the greedy variant its conclusion mentions: each seed is
+the best of several D^2-sampled candidates), handed to faiss as `init_centroids`. scikit-learn
+uses 2 + ln k candidates (4 for k = 10); that still misses a true cluster in a third to a half of seedings on noisy or unequal
+clusters (README, Benchmarks), so datacull's default is 20, which costs about 20 / niter of the
+Lloyd iterations' arithmetic and is computed on the CPU. `nredo` restarts keep the fit with the
+lowest objective on the sample. `init="random", nredo=1` is faiss's own behaviour.
 """
 from __future__ import annotations
 
@@ -73,16 +76,33 @@ def kmeans_plusplus_unit(unit: np.ndarray, k: int, seed: int = 0, n_local_trials
     return seeds
 
 
+def _seed_centroids(train: np.ndarray, k: int, seed: int, local_trials: int | None) -> np.ndarray:
+    """k-means++ seeds on the training sample; one BLAS thread when the sample is small.
+
+    Each k-means++ step is a skinny (trials x d) @ (d x n) product: on a small sample, BLAS
+    threads cost more in start-up and in contention with faiss's OpenMP threads (measured: a
+    10x slowdown on 2 cores right after a faiss call) than they save.
+    """
+    if train.size > 1 << 22:
+        return kmeans_plusplus_unit(train, k, seed=seed, n_local_trials=local_trials)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return kmeans_plusplus_unit(train, k, seed=seed, n_local_trials=local_trials)
+
+
 def train_spherical_kmeans(rows: np.ndarray, k: int, *, niter: int = 25, seed: int = 0,
                            max_points_per_centroid: int = 256, gpu: bool = False,
-                           init: str = "kmeans++", nredo: int = 1) -> np.ndarray:
+                           init: str = "kmeans++", nredo: int = 1, local_trials: int | None = 20) -> np.ndarray:
     """Unit-norm centroids (k, d) of spherical k-means on a seeded sample of `rows`.
 
     The sample is k * max_points_per_centroid rows (all rows if fewer); only the sample is
     normalised and copied to float32, not the whole (memory-mapped) array. `init` is
     `kmeans++` (greedy k-means++ seeds on the sample, see `kmeans_plusplus_unit`) or `random`
-    (faiss's own uniform draw of k sample rows); restart r of `nredo` uses seed + r, and the
-    restart with the lowest mean cosine distance of the sample to its nearest centroid is kept.
+    (faiss's own uniform draw of k sample rows); `local_trials` is the number of k-means++
+    candidates per seed (None: 2 + ln k, scikit-learn's choice). Restart r of `nredo` uses
+    seed + r, and the restart with the lowest mean cosine distance of the sample to its nearest
+    centroid is kept.
     """
     n = len(rows)
     if k < 1:
@@ -95,6 +115,8 @@ def train_spherical_kmeans(rows: np.ndarray, k: int, *, niter: int = 25, seed: i
     if nredo < 1 or niter < 1 or max_points_per_centroid < 1:
         raise DatacullError(f"k-means needs nredo, niter and max_points_per_centroid >= 1, got nredo={nredo}, "
                             f"niter={niter}, max_points_per_centroid={max_points_per_centroid}")
+    if local_trials is not None and local_trials < 1:
+        raise DatacullError(f"k-means++ needs local_trials >= 1 (or null for 2 + ln k), got {local_trials}")
     budget = k * max_points_per_centroid
     sample = np.sort(np.random.default_rng(seed).choice(n, size=budget, replace=False)) if n > budget else slice(None)
     train = l2_normalize(np.asarray(rows[sample]))
@@ -102,7 +124,7 @@ def train_spherical_kmeans(rows: np.ndarray, k: int, *, niter: int = 25, seed: i
     for restart in range(nredo):
         kmeans = faiss.Kmeans(train.shape[1], k, niter=niter, seed=seed + restart, spherical=True, gpu=gpu,
                               max_points_per_centroid=max_points_per_centroid, verbose=False)
-        start = kmeans_plusplus_unit(train, k, seed=seed + restart) if init == "kmeans++" else None
+        start = _seed_centroids(train, k, seed + restart, local_trials) if init == "kmeans++" else None
         kmeans.train(train, init_centroids=start)
         centroids = l2_normalize(kmeans.centroids)
         if nredo == 1:

@@ -10,7 +10,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -77,6 +79,48 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `final`; on success fsync it and swap it in for `final`.
+
+    On any exception (KeyboardInterrupt included) the temporary folder is removed and an existing
+    `final` is left untouched. The old folder is moved aside first and deleted only after the rename.
+    Files directly in the folder get the usual umask modes (mkstemp/mkdtemp make them owner-only).
+    """
+    final = Path(final)
+    ensure_dir(final.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        umask = _umask()
+        for child in tmp.iterdir():
+            os.chmod(child, (0o777 if child.is_dir() else 0o666) & ~umask)
+            _fsync_file(child)
+        os.chmod(tmp, 0o777 & ~umask)
+        _fsync_dir(tmp)
+        old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
+        if final.exists():
+            os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            if old.exists():
+                os.rename(old, final)
+            raise
+        _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -56,10 +56,11 @@ def test_run_curates_real_fashion_mnist_subset_end_to_end(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     base = tmp_path / "w" / "fashion_mnist-train" / "default"
-    selection = pd.read_parquet(base / "selection.parquet")
+    [selection_file] = list((base / "selections").glob("*/selection.parquet"))
+    selection = pd.read_parquet(selection_file)
     assert selection["kept"].sum() == 1200
     per_class = selection.groupby("label")["kept"].mean()
     assert (per_class - 0.4).abs().max() < 0.01  # class-balanced
-    assert (base / "report" / "selection.png").stat().st_size > 10_000
-    assert (base / "shards" / "manifest.json").exists()
+    assert (selection_file.parent / "report" / "selection.png").stat().st_size > 10_000
+    assert (selection_file.parent / "shards" / "manifest.json").exists()
     assert "kept 1200" in out.stdout

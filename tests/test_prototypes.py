@@ -1,13 +1,16 @@
 """SSP / supervised prototypes against independent numpy computations and planted cases."""
+import faiss
 import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from datacull import layout
 from datacull.data.base import ArraySource
 from datacull.errors import DatacullError
-from datacull.kmeans import nearest_centroid, train_spherical_kmeans
+from datacull.kmeans import kmeans_plusplus_unit, l2_normalize, nearest_centroid, train_spherical_kmeans
 from datacull.metrics.context import ScoreContext
-from datacull.metrics.prototypes import ssp, supervised_prototypes
+from datacull.metrics.prototypes import resolve_ssp_k, ssp, supervised_prototypes
 
 
 def _blobs(rng, n_per=100, d=16, k=4):
@@ -16,9 +19,10 @@ def _blobs(rng, n_per=100, d=16, k=4):
     return centers[labels] + rng.normal(size=(len(labels), d)), labels
 
 
-def _ctx(rows, labels, k=4):
-    cfg = OmegaConf.create({"seed": 0, "device": "cpu", "metric": {"ssp": {"k": k, "niter": 20}}})
-    source = ArraySource("toy", "train", np.zeros((len(rows), 2, 2, 1), np.uint8), labels, int(labels.max()) + 1)
+def _ctx(rows, labels, k=4, num_classes=None, **ssp_params):
+    cfg = OmegaConf.create({"seed": 0, "device": "cpu", "metric": {"ssp": {"k": k, "niter": 20, **ssp_params}}})
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    source = ArraySource("toy", "train", np.zeros((len(rows), 2, 2, 1), np.uint8), labels, num_classes)
     return ScoreContext(cfg, source, np.arange(len(rows)), embeddings_loader=lambda: rows.astype(np.float32))
 
 
@@ -65,23 +69,15 @@ def test_k_larger_than_examples_is_an_error(rng):
         train_spherical_kmeans(rows, 50)
 
 
-def test_ssp_k_auto_is_the_number_of_classes_and_is_recorded():
-    from datacull.metrics.prototypes import ssp_k
-
-    assert ssp_k("auto", 10, 60000) == 10 and ssp_k("auto", 1000, 500) == 500 and ssp_k(7, 10, 100) == 7
-    assert ssp_k("auto", 0, 20000) == 100  # unlabelled: round(sqrt(N / 2))
-
-
 def test_kmeanspp_init_reaches_the_best_objective_where_one_random_init_fails():
-    """Ten clusters of very unequal size: the objective must match scikit-learn's best of 10 inits."""
+    """One big cluster and nine tiny ones: the objective must match scikit-learn's best of 10 inits."""
     from sklearn.cluster import KMeans
-
-    from datacull.kmeans import l2_normalize, nearest_centroid, train_spherical_kmeans
 
     rng = np.random.default_rng(0)
     centres = l2_normalize(rng.normal(size=(10, 32)))
     sizes = [2000] + [40] * 9
-    rows = l2_normalize(np.concatenate([c + 0.15 * rng.normal(size=(m, 32)) for c, m in zip(centres, sizes)]).astype(np.float32))
+    rows = np.concatenate([c + 0.15 * rng.normal(size=(m, 32)) for c, m in zip(centres, sizes)])
+    rows = l2_normalize(rows.astype(np.float32))
 
     def objective(centroids):
         return float((1.0 - nearest_centroid(rows, centroids)[1]).mean())
@@ -92,3 +88,115 @@ def test_kmeanspp_init_reaches_the_best_objective_where_one_random_init_fails():
     randoms = [objective(train_spherical_kmeans(rows, 10, seed=s, init="random", nredo=1)) for s in range(3)]
     assert max(ours) <= best * 1.01
     assert max(randoms) > best * 1.01  # the planted failure of a random start
+
+
+# --- k: auto, recorded, validated ---------------------------------------------------------------
+
+def test_ssp_k_auto_is_the_number_of_classes_and_is_recorded(rng):
+    rows, labels = _blobs(rng, n_per=60, k=5)
+    ctx = _ctx(rows, labels, k="auto")
+    out = ssp(ctx, ctx.params("ssp"))
+    assert out["ssp_k"].dtype == np.int64 and (out["ssp_k"] == 5).all()
+    assert len(np.unique(out["ssp_cluster"])) == 5
+
+
+def test_ssp_k_auto_without_classes_is_sqrt_half_n(rng):
+    rows, _ = _blobs(rng, n_per=100, k=4)  # 400 rows, no labels: round(sqrt(200)) = 14
+    ctx = _ctx(rows, np.full(len(rows), -1), k="auto", num_classes=0)
+    assert (ssp(ctx, ctx.params("ssp"))["ssp_k"] == 14).all()
+    assert resolve_ssp_k("auto", 1, 400) == 14  # one class says nothing about clusters: the same rule
+    assert resolve_ssp_k("auto", 0, 1_281_167) == 800  # ImageNet-sized, below the cap
+    assert resolve_ssp_k("auto", 0, 10**9) == 1000  # capped
+
+
+@pytest.mark.parametrize("setting, match", [("auto", "num_classes = 50"), (60, "k=60"), ("many", "positive integer"),
+                                            (0, "positive integer"), (2.5, "positive integer")])
+def test_ssp_bad_k_is_one_clear_error(setting, match):
+    with pytest.raises(DatacullError, match=match):
+        resolve_ssp_k(setting, 50, 40)
+
+
+def test_score_stage_writes_the_k_used(make_cfg):
+    from datacull.stages.score import score
+
+    cfg = make_cfg("metrics=[ssp]", "metric.ssp.k=auto", "data.num_classes=3")
+    score(cfg)
+    scores = pd.read_parquet(layout.scores_path(cfg))
+    assert (scores["ssp_k"] == 3).all() and scores["ssp_cluster"].nunique() == 3
+
+
+# --- k-means initialisation and restarts ------------------------------------------------------
+
+def _unequal_clusters(seed=0, n=3000, d=32):
+    """Ten tight, well-separated directions with very unequal sizes (30% down to 2%)."""
+    rng = np.random.default_rng(seed)
+    sizes = np.array([0.30, 0.20, 0.12, 0.09, 0.07, 0.06, 0.05, 0.04, 0.04, 0.03])
+    labels = np.repeat(np.arange(10), (sizes * n).astype(int))
+    centers = l2_normalize(rng.normal(size=(10, d)))
+    rows = centers[labels] + 0.3 / np.sqrt(d) * rng.normal(size=(len(labels), d))
+    return rows.astype(np.float32), labels
+
+
+def _objective(rows, centroids):
+    """Mean cosine distance to the nearest centroid, in numpy."""
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    cent = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+    return float(1 - (unit @ cent.T).max(axis=1).mean())
+
+
+def test_default_init_reaches_the_best_objective_where_random_init_fails():
+    from sklearn.cluster import KMeans
+
+    rows, _ = _unequal_clusters()
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    # independent reference: scikit-learn's Euclidean k-means on unit rows (= spherical up to the
+    # normalisation of centres), best of 20 k-means++ starts
+    best = _objective(rows, KMeans(10, n_init=20, random_state=0).fit(unit).cluster_centers_)
+    seeds = range(5)
+    robust = [_objective(rows, train_spherical_kmeans(rows, 10, seed=s)) for s in seeds]
+    old = [_objective(rows, train_spherical_kmeans(rows, 10, seed=s, init="random")) for s in seeds]
+    assert max(robust) <= best * 1.01, (robust, best)
+    assert max(old) >= best * 1.10, (old, best)  # the planted case is one a random init gets wrong
+
+
+def test_kmeans_plusplus_seeds_are_rows_covering_every_separated_cluster():
+    rows, labels = _unequal_clusters(seed=1)
+    unit = l2_normalize(rows)
+    for seed in range(5):
+        seeds = kmeans_plusplus_unit(unit, 10, seed=seed, n_local_trials=20)
+        match = (seeds @ unit.T).argmax(axis=1)
+        np.testing.assert_allclose(seeds, unit[match], atol=1e-6)  # each seed is one of the rows
+        assert sorted(labels[match]) == list(range(10)), labels[match]
+
+
+def test_random_init_is_faiss_own_behaviour(rng):
+    rows, _ = _blobs(rng, n_per=300)  # 1200 rows > k * max_points_per_centroid = 4 * 64: a sample is drawn
+    got = train_spherical_kmeans(rows, 4, seed=3, init="random", max_points_per_centroid=64)
+    sample = np.sort(np.random.default_rng(3).choice(len(rows), size=256, replace=False))
+    kmeans = faiss.Kmeans(rows.shape[1], 4, niter=25, seed=3, spherical=True, max_points_per_centroid=64)
+    kmeans.train(l2_normalize(rows[sample]))
+    np.testing.assert_allclose(got, l2_normalize(kmeans.centroids), atol=1e-6)
+
+
+def test_nredo_keeps_the_restart_with_the_lowest_objective():
+    rows, _ = _unequal_clusters(n=1500)  # fewer rows than k * 256: every restart sees all rows
+    singles = [_objective(rows, train_spherical_kmeans(rows, 10, seed=7 + r, init="random")) for r in range(4)]
+    kept = _objective(rows, train_spherical_kmeans(rows, 10, seed=7, init="random", nredo=4))
+    assert kept == pytest.approx(min(singles), abs=1e-6)
+    assert max(singles) > min(singles)  # the restarts differ, so keeping the best matters
+
+
+@pytest.mark.parametrize("kwargs, match", [({"init": "forgy"}, "unknown k-means init"), ({"nredo": 0}, "nredo"),
+                                           ({"local_trials": 0}, "local_trials")])
+def test_bad_kmeans_settings_are_clear_errors(rng, kwargs, match):
+    rows, _ = _blobs(rng)
+    with pytest.raises(DatacullError, match=match):
+        train_spherical_kmeans(rows, 4, **kwargs)
+
+
+def test_ssp_k_defaults_auto_and_the_paper_config_uses_the_imagenet_value():
+    from datacull.config import compose
+
+    assert compose([]).metric.ssp.k == "auto"
+    paper = compose(["metric=paper"]).metric.ssp
+    assert paper.k == 1000 and paper.init == "kmeans++"

@@ -220,8 +220,10 @@ def _tiny_config(work_dir) -> OmegaConf:
     })
 
 
-def test_stage_writes_table_figure_and_report(tmp_path, capsys):
+def test_stage_writes_table_figure_and_report(tmp_path, caplog):
     from datacull.stages.theory import theory
+
+    caplog.set_level("INFO", logger="datacull")
 
     paths = theory(_tiny_config(tmp_path / "work"))
     assert set(paths) == {"table", "frontier", "figure", "report"}
@@ -238,11 +240,12 @@ def test_stage_writes_table_figure_and_report(tmp_path, capsys):
     assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Theory vs simulation" in paths["report"].read_text()
     assert not [p for p in paths["table"].parent.iterdir() if p.name.startswith(".")]  # no temp files left
-    first = capsys.readouterr().out
+    first = caplog.text
     assert "alpha_tot" in first and str(paths["table"].parent) in first
     mtime = paths["table"].stat().st_mtime_ns
+    caplog.clear()
     theory(_tiny_config(tmp_path / "work"))  # same config: skipped
-    assert paths["table"].stat().st_mtime_ns == mtime and "up to date" in capsys.readouterr().out
+    assert paths["table"].stat().st_mtime_ns == mtime and "up to date" in caplog.text
 
 
 def test_stage_reports_an_unwritable_work_dir(tmp_path):

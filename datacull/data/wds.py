@@ -1,5 +1,8 @@
 """Local webdataset tar shards (`data=wds data.urls='dir/shard-{000000..000009}.tar'`).
 
+The brace pattern is expanded by webdataset (`{000000..000009}` ranges, `{a,b}` alternatives); on the
+command line it works as a shell passes it, because `datacull.cli` quotes such values for Hydra.
+
 Each sample needs an image member (jpg, jpeg, png, webp, ppm, pgm, pbm, bmp, tif, tiff or gif) and
 may have a `.cls` member holding its integer label as text (missing: label -1, unknown). The key is
 webdataset's `__key__`. Opening the source reads only the tar headers (and the tiny `.cls` members)
@@ -19,12 +22,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from datacull.data.base import UNKNOWN_LABEL, CorruptExample, register_source
 from datacull.data.encoded import EncodedSource, configured_size, decode_image
 from datacull.data.tar_index import read_member, scan_shard
 from datacull.errors import DatacullError
+from datacull.logs import progress
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "pgm", "pbm", "bmp", "tif", "tiff", "gif")
 PROBE_IMAGES = 16  # images decoded at open time to infer the size and channels
@@ -72,7 +75,7 @@ class WebDatasetSource(EncodedSource):
                  channels: int | None = None, num_classes: int | None = None):
         self.name, self.split, self.shards = "wds", split, shards
         keys, shard_ids, offsets, sizes, exts, labels, imageless = [], [], [], [], [], [], []
-        for shard_id, shard in enumerate(tqdm(shards, desc="index shards", unit="shard", disable=len(shards) < 4)):
+        for shard_id, shard in enumerate(progress(shards, desc="index shards", unit="shard", disable=len(shards) < 4)):
             for sample in scan_shard(shard, read=("cls",)):
                 ext = next((e for e in IMAGE_EXTENSIONS if e in sample.members), None)
                 if ext is None:

@@ -8,13 +8,14 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from filelock import FileLock
 
 from datacull.data.base import CorruptExample, DataSource
 from datacull.data.encoded import configured_size
 from datacull.data.loader import ExampleDataset, make_loader
 from datacull.errors import DatacullError
 from datacull.layout import encoder_identity
+from datacull.logs import progress
 from datacull.store import ensure_dir, fingerprint
 
 # encoder-config keys that change how embeddings are stored or computed, not the fitted state
@@ -51,20 +52,11 @@ def cache_lock(cache_dir: Path, name: str) -> Iterator[None]:
 
     The first shard fits and writes the state; the others wait, then load it, so every shard
     embeds with the same state even where fitting is not bitwise reproducible (e.g. on GPU).
+    `filelock.FileLock`: an OS lock (fcntl on POSIX, msvcrt on Windows), released if the holder dies.
     """
     ensure_dir(cache_dir)
-    lock_path = Path(cache_dir) / f".{name}.lock"
-    with open(lock_path, "a+") as handle:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no cross-process lock
-            yield
-            return
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with FileLock(str(Path(cache_dir) / f".{name}.lock")):
+        yield
 
 
 def image_geometry(encoder_cfg, source: DataSource) -> tuple[tuple[int, int], int]:
@@ -102,7 +94,7 @@ def load_images(source: DataSource, indices: np.ndarray, size: tuple[int, int], 
     out = torch.empty((len(indices), channels, *size), dtype=torch.uint8)
     keep = np.ones(len(indices), dtype=bool)
     position = 0
-    for images, _, _, errors in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for images, _, _, errors in progress(loader, desc=desc, unit="batch", leave=False):
         out[position: position + len(images)] = images
         keep[position: position + len(images)] = [not e for e in errors]
         position += len(images)

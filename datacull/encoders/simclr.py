@@ -11,6 +11,7 @@ warm-up and cosine decay; the trained backbone is cached as a state_dict (`torch
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -18,14 +19,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from datacull.data.base import DataSource
 from datacull.encoders.augment import AugmentConfig, simclr_view
 from datacull.encoders.base import Encoder, register_encoder
 from datacull.encoders.common import cache_lock, image_geometry, load_images, seeded_subset, state_fingerprint
 from datacull.errors import DatacullError
+from datacull.logs import progress
 from datacull.store import atomic_path
+
+log = logging.getLogger(__name__)
 
 # defaults for keys missing from the encoder config (conf/encoder/simclr.yaml sets them all)
 DEFAULTS = {"width": 16, "dim": 128, "proj_dim": 64, "epochs": 8, "train_samples": 20000, "train_batch_size": 128,
@@ -154,8 +157,8 @@ def train_simclr(images: torch.Tensor, encoder_cfg, seed: int,
     head.train()
     for epoch in range(epochs):
         order = torch.randperm(len(images), generator=generator)
-        running, bar = 0.0, tqdm(range(steps_per_epoch), desc=f"simclr epoch {epoch + 1}/{epochs}", unit="batch",
-                                 leave=False)
+        running, bar = 0.0, progress(range(steps_per_epoch), desc=f"simclr epoch {epoch + 1}/{epochs}", unit="batch",
+                                     leave=False)
         for step in bar:
             batch = images[order[step * batch_size: (step + 1) * batch_size]].to(device, non_blocking=True)
             batch = batch.to(torch.float32).div_(255.0)
@@ -174,7 +177,7 @@ def train_simclr(images: torch.Tensor, encoder_cfg, seed: int,
             running += value
             bar.set_postfix(loss=f"{running / (step + 1):.3f}")
         losses.append(running / steps_per_epoch)
-        tqdm.write(f"simclr: epoch {epoch + 1}/{epochs} NT-Xent loss {losses[-1]:.4f}")
+        log.info("simclr: epoch %d/%d NT-Xent loss %.4f", epoch + 1, epochs, losses[-1])
     backbone.eval()
     return backbone.to(memory_format=torch.contiguous_format), losses
 
@@ -221,8 +224,8 @@ class SimCLREncoder(Encoder):
                              int(self.cfg.get("num_workers", 0)), desc="simclr: load training images")
         start = time.perf_counter()
         backbone, self.losses = train_simclr(images, self.cfg, self.seed, device)
-        print(f"simclr: trained on {len(images)} images in {time.perf_counter() - start:.0f}s "
-              f"(final NT-Xent loss {self.losses[-1]:.4f})")
+        log.info("simclr: trained on %d images in %.0fs (final NT-Xent loss %.4f)", len(images),
+                 time.perf_counter() - start, self.losses[-1])
         with atomic_path(self.cache_path, suffix=".pt") as tmp:
             torch.save({k: v.cpu() for k, v in backbone.state_dict().items()}, tmp)
 

@@ -15,6 +15,9 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "score": ("datacull.stages.score", "score", "compute the configured pruning metrics into scores.parquet"),
     "select": ("datacull.stages.select", "select", "rank by a metric and keep a fraction by a policy"),
     "export": ("datacull.stages.export", "export", "write the kept examples as webdataset shards + manifest"),
+    "train": ("datacull.stages.train", "train", "train on a selection's kept examples, evaluate, write a result row"),
+    "sweep": ("datacull.stages.sweep", "sweep", "scaling / metric-comparison grid: score once, train every point, report"),
+    "report": ("datacull.stages.report", "report", "scaling curves + metric comparison report (index.html, report.md, PNGs)"),
     "theory": ("datacull.stages.theory", "theory", "perceptron theory of data pruning (Figure 1 of Sorscher et al.)"),
 }
 

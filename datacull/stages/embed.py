@@ -6,23 +6,27 @@ with the same fingerprint is skipped, so a re-run only does what is missing.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from datacull import layout
 from datacull.data.base import DataSource, build_source
+from datacull.data.encoded import configured_size
 from datacull.data.loader import ExampleDataset, make_loader
 from datacull.encoders.base import build_encoder, resolve_device
 from datacull.errors import DatacullError
+from datacull.logs import progress
 from datacull.rows import StackedRows
 from datacull.store import atomic_path, ensure_dir, fingerprint, is_fresh, parquet_config, write_parquet_atomic
 
 _DTYPES = {"float16": np.float16, "float32": np.float32}
+
+log = logging.getLogger(__name__)
 
 
 def shard_rows(n: int, index: int, count: int) -> np.ndarray:
@@ -42,7 +46,7 @@ def embed(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     npy_path, table_path = out_dir / f"{index:05d}.npy", out_dir / f"{index:05d}.parquet"
     fp = fingerprint(layout.data_identity(cfg.data), layout.encoder_identity(cfg.encoder), cfg.seed, index, count)
     if is_fresh(table_path, fp) and npy_path.exists():
-        print(f"embed: shard {index}/{count} is up to date in {out_dir}")
+        log.info("embed: shard %d/%d is up to date in %s", index, count, out_dir)
         return {"embeddings": npy_path, "keys": table_path}
 
     source = source or build_source(cfg.data)
@@ -50,15 +54,15 @@ def embed(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     device = resolve_device(str(cfg.device))
     encoder = build_encoder(cfg.encoder, int(cfg.seed))
     encoder.prepare(source, ensure_dir(layout.encoder_cache_dir(cfg)), device)
-    dataset = ExampleDataset(source, rows, size=encoder.input_size or _configured_size(cfg),
+    dataset = ExampleDataset(source, rows, size=encoder.input_size or configured_size(cfg.data.get("image_size")),
                              channels=encoder.input_channels, on_error=str(cfg.data.get("on_error", "skip")))
     loader = make_loader(dataset, int(cfg.encoder.get("batch_size", 256)), int(cfg.encoder.get("num_workers", 0)))
     vectors = np.empty((len(rows), encoder.dim), dtype=_DTYPES[dtype_name])
     errors = [""] * len(rows)
     position = 0
     with torch.inference_mode():
-        for images, _, _, batch_errors in tqdm(loader, desc=f"embed {cfg.encoder.name} shard {index}/{count}",
-                                               unit="batch", leave=False):
+        for images, _, _, batch_errors in progress(loader, desc=f"embed {cfg.encoder.name} shard {index}/{count}",
+                                                   unit="batch", leave=False):
             out = encoder.encode(images.to(device)).float().cpu().numpy()
             vectors[position: position + len(out)] = out
             errors[position: position + len(out)] = list(batch_errors)
@@ -78,16 +82,9 @@ def embed(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     write_parquet_atomic(table_path, table, fp=fp, config={"data": cfg.data, "encoder": cfg.encoder,
                                                             "shard": cfg.shard, "dim": encoder.dim})
     skipped = int((~ok).sum())
-    print(f"embed: wrote {len(rows)} x {encoder.dim} {dtype_name} embeddings to {npy_path}"
-          + (f" ({skipped} skipped: undecodable)" if skipped else ""))
+    log.info("embed: wrote %d x %d %s embeddings to %s%s", len(rows), encoder.dim, dtype_name, npy_path,
+             f" ({skipped} skipped: undecodable)" if skipped else "")
     return {"embeddings": npy_path, "keys": table_path}
-
-
-def _configured_size(cfg: DictConfig) -> tuple[int, int] | None:
-    size = cfg.data.get("image_size")
-    if size is None:
-        return None
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def load_embeddings(cfg: DictConfig) -> tuple[np.ndarray | StackedRows, pd.DataFrame]:

@@ -6,6 +6,7 @@ an export with the same fingerprint (selection fingerprint + export config + dat
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -17,6 +18,8 @@ from datacull.export import existing_export, export_selection, sha256_file
 from datacull.store import fingerprint, parquet_fingerprint, to_plain
 
 EXPORT_FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def export_fingerprint(cfg: DictConfig, selection_fp: str) -> str:
@@ -34,7 +37,7 @@ def export(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]
     out_dir = layout.shards_dir(cfg)
     done = existing_export(out_dir, fp)
     if done:
-        print(f"export: {out_dir} is up to date")
+        log.info("export: %s is up to date", out_dir)
         return done
     source = source or build_source(cfg.data)
     paths = export_selection(
@@ -44,6 +47,6 @@ def export(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]
         scores_path=layout.scores_path(cfg))
     manifest = json.loads(paths["manifest"].read_text())
     counts = manifest["counts"]
-    print(f"export: {counts['kept']} kept in {len(manifest['shards'])} shards, {counts['pruned']} pruned, "
-          f"{counts['skipped']} skipped -> {out_dir}")
+    log.info("export: %d kept in %d shards, %d pruned, %d skipped -> %s", counts["kept"], len(manifest["shards"]),
+             counts["pruned"], counts["skipped"], out_dir)
     return paths

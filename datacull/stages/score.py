@@ -6,6 +6,7 @@ decode are kept as rows with NaN scores and their skip_reason, so no key is lost
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from datacull import layout
 from datacull.data.base import DataSource, build_source
+from datacull.encoders.base import resolve_device
 from datacull.errors import DatacullError
 from datacull.metrics.context import ScoreContext
 from datacull.metrics.registry import get_metric
@@ -88,8 +90,13 @@ def score(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     indices = np.flatnonzero(valid)
     ctx = ScoreContext(cfg=cfg, source=source, indices=indices, embeddings_loader=loader)
     columns: dict[str, np.ndarray] = {}
+    cost: dict[str, dict] = {}
     for entry in tqdm(entries, desc="score", unit="metric", disable=len(entries) < 2):
+        wall, cpu = time.perf_counter(), time.process_time()
         result = entry.obj(ctx, ctx.params(entry.name))
+        # training runs shared with an earlier metric are loaded, not retrained: their cost is counted once
+        cost[entry.name] = {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
+                            "device": str(resolve_device(str(cfg.get("device", "auto"))))}
         result = result if isinstance(result, dict) else {entry.name: result}
         if entry.name not in result:
             raise RuntimeError(f"metric {entry.name} returned columns {list(result)} without its own column")
@@ -105,7 +112,7 @@ def score(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
                           "label": source.labels.astype(np.int64), "skip_reason": reasons.astype(str), **columns})
     config = {"metrics": [e.name for e in entries],
               "metric": {e.name: to_plain(cfg.metric.get(e.name)) for e in entries},
-              "data": to_plain(cfg.data), "seed": int(cfg.seed)}
+              "data": to_plain(cfg.data), "seed": int(cfg.seed), "cost": cost}
     write_parquet_atomic(out, frame, fp=fp, config=config)
     print(f"score: wrote {n} rows x {len(columns)} columns to {out}")
     return {"scores": out}

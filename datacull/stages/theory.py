@@ -8,6 +8,7 @@ exist with the same config fingerprint.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from datacull.theory.summary import agreement, crossovers, markdown_report
 OUTPUTS = {"table": "theory.csv", "frontier": "frontier.csv", "figure": "figure1.png", "report": "theory.md"}
 _META = "theory.json"
 _VERSION = 1  # bump when the computation changes, so old outputs are not reused
+
+log = logging.getLogger(__name__)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -58,7 +61,7 @@ def theory(cfg) -> dict[str, Path]:
     paths = {name: out_dir / file for name, file in OUTPUTS.items()}
     fp = fingerprint(cfg.theory, _VERSION)
     if _is_fresh(out_dir, fp):
-        print(f"datacull theory: outputs in {out_dir} are up to date (fingerprint {fp}); nothing to do")
+        log.info("datacull theory: outputs in %s are up to date (fingerprint %s); nothing to do", out_dir, fp)
         return paths
 
     grid = TheoryGrid.from_config(cfg.theory)
@@ -80,20 +83,19 @@ def theory(cfg) -> dict[str, Path]:
     _write_text(paths["report"], markdown_report(grid, agree, cross, frontiers, f_mins, seconds))
     write_json_atomic(out_dir / _META, {"fingerprint": fp, "config": to_plain(cfg.theory), "seconds": seconds})
 
-    _print_summary(paths, agree, cross, frontiers, f_mins, seconds, min(grid.frontier_fractions, default=np.nan))
+    _log_summary(paths, agree, cross, frontiers, f_mins, seconds, min(grid.frontier_fractions, default=np.nan))
     return paths
 
 
-def _print_summary(paths, agree, cross, frontiers, f_mins, seconds, f_floor) -> None:
-    print(f"datacull theory: done in {seconds:.0f} s; files in {paths['table'].parent}")
-    for name, path in paths.items():
-        print(f"  {name:<8} {path}")
+def _log_summary(paths, agree, cross, frontiers, f_mins, seconds, f_floor) -> None:
+    lines = [f"datacull theory: done in {seconds:.0f} s; files in {paths['table'].parent}"]
+    lines += [f"  {name:<8} {path}" for name, path in paths.items()]
     if not agree.empty:
-        print(f"  theory vs simulation: median |sim - theory| = {agree['diff'].abs().median():.4f}, "
-              f"max = {agree['diff'].abs().max():.4f} (test error)")
+        lines.append(f"  theory vs simulation: median |sim - theory| = {agree['diff'].abs().median():.4f}, "
+                     f"max = {agree['diff'].abs().max():.4f} (test error)")
     for _, row in cross.iterrows():
-        print(f"  theta={row['theta']:g} f={row['f']:g}: keep-hard beats keep-easy above alpha_tot ~ "
-              f"{row['simulation']:.3g} (simulation), {row['theory']:.3g} (theory)")
+        lines.append(f"  theta={row['theta']:g} f={row['f']:g}: keep-hard beats keep-easy above alpha_tot ~ "
+                     f"{row['simulation']:.3g} (simulation), {row['theory']:.3g} (theory)")
     for theta, frontier in frontiers.items():
         last, fmin = frontier.iloc[-1], f_mins[theta]
         line = (f"  frontier theta={theta:g}: {last['gain']:.3g}x below no pruning "
@@ -106,4 +108,5 @@ def _print_summary(paths, agree, cross, frontiers, f_mins, seconds, f_floor) -> 
             line += f"optimal f still falling at the grid end (f_min <= {fmin:.3g})"
         else:
             line += f"optimal f stops at f_min ~ {fmin:.3g} from alpha_prune ~ {break_alpha(frontier, fmin):.3g}"
-        print(line)
+        lines.append(line)
+    log.info("\n".join(lines))
