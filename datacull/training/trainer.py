@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 # train-config keys that change speed or bookkeeping, not the trained model
 _TRAIN_KEYS_IGNORED = {"num_workers", "checkpoint_every", "keep_epoch_weights", "eval_batch_size", "max_in_memory_gb",
-                       "budget", "min_steps"}
+                       "budget", "min_steps", "name"}
 RUN_FILE, CHECKPOINT_FILE, RECORD_DIR = "run.json", "checkpoint.pt", "record"
 # train-config keys left out of the identity while at these values (keys added later with a neutral
 # default leave the fingerprints, and so the cached runs, of existing recipes unchanged)
