@@ -5,14 +5,14 @@ centroids, and an inner-product search returns cosine similarities.
 
 Initialisation. faiss starts Lloyd's iterations from k rows drawn uniformly at random; on a
 training sample of k * max_points_per_centroid rows one unlucky draw (two seeds in one true
-cluster, none in another) decides the prototypes (measured in README, Benchmarks). The default
-here is greedy k-means++ seeding on the training sample (Arthur & Vassilvitskii 2007, "k-means++:
-the advantages of careful seeding"; the greedy variant its conclusion mentions: each seed is
-the best of several D^2-sampled candidates), handed to faiss as `init_centroids`. scikit-learn
-uses 2 + ln k candidates (4 for k = 10); that still misses a true cluster in a third to a half of seedings on noisy or unequal
-clusters (README, Benchmarks), so datacull's default is 20, which costs about 20 / niter of the
-Lloyd iterations' arithmetic and is computed on the CPU. `nredo` restarts keep the fit with the
-lowest objective on the sample. `init="random", nredo=1` is faiss's own behaviour.
+cluster, none in another) decides the prototypes (measured in README, Benchmarks). The default here
+is greedy k-means++ seeding on the training sample (Arthur & Vassilvitskii 2007, "k-means++: the
+advantages of careful seeding"; the greedy variant its conclusion mentions: each seed is the best
+of several D^2-sampled candidates), handed to faiss as `init_centroids`. scikit-learn uses 2 + ln k
+candidates (4 for k = 10); that still misses a true cluster in a third to a half of seedings on
+noisy or unequal clusters (README, Benchmarks), so datacull's default is 20, which costs about 20 /
+niter of the Lloyd iterations' arithmetic and is computed on the CPU. `nredo` restarts keep the fit
+with the lowest objective on the sample. `init="random", nredo=1` is faiss's own behaviour.
 """
 from __future__ import annotations
 

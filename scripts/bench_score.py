@@ -1,15 +1,15 @@
 """Benchmark: the fit and cost of datacull's SSP k-means vs bare faiss and scikit-learn.
 
-Every method runs once per seed (default 5 seeds), interleaved (seed by seed, method by method,
-the order rotated each seed) so that machine-load drift hits all alike, on the same clustered Gaussian embeddings (default
-60,000 x 512 float32, ten true clusters of equal expected size) with the same k and iteration
-count. Fit = the spherical k-means objective, the mean cosine distance of every row to its
-nearest centroid (lower = better; = the mean SSP score). Time = the whole scoring path: sample,
-normalise, initialise, train, assign every row. Prints a markdown table of the best and worst
-objective and time per method and the ratios the metric-fidelity issue targets: datacull's worst
-objective within 1% of scikit-learn's best, datacull >= 5x faster than scikit-learn and
-<= 1.3x one bare faiss run (median times). A second table: how often each initialisation
-reaches the best objective on ten planted clusters of very unequal size.
+Every method runs once per seed (default 5 seeds), interleaved (seed by seed, method by method, the
+order rotated each seed) so that machine-load drift hits all alike, on the same clustered Gaussian
+embeddings (default 60,000 x 512 float32, ten true clusters of equal expected size) with the same k
+and iteration count. Fit = the spherical k-means objective, the mean cosine distance of every row
+to its nearest centroid (lower = better; = the mean SSP score). Time = the whole scoring path:
+sample, normalise, initialise, train, assign every row. Prints a markdown table of the best and
+worst objective and time per method and the ratios the metric-fidelity issue targets: datacull's
+worst objective within 1% of scikit-learn's best, datacull >= 5x faster than scikit-learn and <=
+1.3x one bare faiss run (median times). A second table: how often each initialisation reaches the
+best objective on ten planted clusters of very unequal size.
 
     .venv/bin/python scripts/bench_score.py [--n 60000] [--d 512] [--k 10] [--seeds 5]
 """
