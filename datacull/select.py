@@ -138,15 +138,25 @@ def select_mask(scores: np.ndarray, labels: np.ndarray, budget: int, policy: str
     return keep
 
 
+def check_budget(fraction, count) -> tuple[float | None, int | None]:
+    """`select.fraction` / `select.count` as numbers (count wins when set), or one clear error."""
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise DatacullError(f"select.count must be a whole number of examples (or null), got {count!r}")
+        return None, count
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < float(fraction) <= 1:
+        raise DatacullError(f"select.fraction must be in (0, 1], got {fraction!r}")
+    return float(fraction), None
+
+
 def budget_from(n: int, fraction: float | None, count: int | None) -> int:
     """Number of examples to keep from `select.count`, else `select.fraction` of `n` (rounded)."""
+    fraction, count = check_budget(fraction, count)
     if count is not None:
-        if not 1 <= int(count) <= n:
+        if not 1 <= count <= n:
             raise DatacullError(f"select.count must be between 1 and {n} (the scored examples), got {count}")
-        return int(count)
-    if fraction is None or not 0 < float(fraction) <= 1:
-        raise DatacullError(f"select.fraction must be in (0, 1], got {fraction}")
-    return max(1, int(round(float(fraction) * n)))
+        return count
+    return max(1, int(round(fraction * n)))
 
 
 def top_up(keep: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:

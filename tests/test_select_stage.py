@@ -60,3 +60,15 @@ def test_unreadable_scores_files_are_one_clear_error(make_cfg, tmp_path):
     pd.DataFrame({"key": keys, "mine": ["high"] * len(keys)}).to_csv(text, index=False)
     with pytest.raises(DatacullError, match="non-numeric"):
         select(make_cfg(f"select.scores={text}", "select.metric=mine"))
+
+
+@pytest.mark.parametrize("override, message", [("select.fraction=abc", "select.fraction"),
+                                               ("select.count=abc", "select.count"),
+                                               ("select.count=1.7", "select.count"),
+                                               ("select.count=true", "select.count")])
+def test_a_malformed_budget_is_one_clear_error_before_any_output(make_cfg, override, message):
+    cfg = make_cfg("metrics=[random]")
+    score(cfg)
+    with pytest.raises(DatacullError, match=message):
+        select(make_cfg("metrics=[random]", override))
+    assert not (layout.experiment_dir(cfg) / "selections").exists()

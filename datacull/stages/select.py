@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from datacull import layout
 from datacull.data.base import ArraySource, CorruptExample, DataSource, SubsetSource, build_source
 from datacull.errors import DatacullError
-from datacull.select import POLICIES, boundary_ties, budget_from, hardness_order, select_mask
+from datacull.select import POLICIES, boundary_ties, budget_from, check_budget, hardness_order, select_mask
 from datacull.store import fingerprint, is_fresh, parquet_config, parquet_fingerprint, to_plain, write_parquet_atomic
 
 _NOT_METRICS = ("key", "index", "label", "skip_reason")
@@ -146,7 +146,8 @@ def subset_count(subset_size, pool: int) -> int:
 def select(cfg: DictConfig) -> dict[str, Path]:
     """Apply `cfg.select` to the scores and write this selection's `selection.parquet`."""
     sel = cfg.select
-    POLICIES.get(str(sel.policy))  # unknown policy: error before any work
+    POLICIES.get(str(sel.policy))  # unknown policy or budget: error before any work
+    check_budget(sel.get("fraction"), sel.get("count"))
     if str(sel.get("missing_score", "median")) not in ("median", "skip"):
         raise DatacullError(f"select.missing_score must be median or skip, not {sel.get('missing_score')!r}")
     scores, scores_fp = load_scores(cfg)
