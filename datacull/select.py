@@ -13,9 +13,16 @@ reproducible for a seed and unbiased across classes.
   score range into `strata` equal-width strata, give each stratum an equal share of the budget
   (smallest strata first, passing leftovers on) and sample uniformly within strata.
 `class_balanced` applies any policy within each class with budgets proportional to class size.
+
+Policy interface: `policy(scores, budget, rng, **params)` returns a boolean keep mask, or a
+`PolicyResult` (mask + a reason per example, "" = the default kept/pruned reason). A policy that
+needs the embeddings is registered with `needs="embeddings"` and receives `embeddings` (float32 rows
+aligned with `scores`) and `keys`; every per-example array parameter (length = len(scores)) is
+sliced to the class members when `class_balanced` is on.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -24,6 +31,19 @@ from datacull.errors import DatacullError
 from datacull.registry import Registry
 
 POLICIES: Registry = Registry("selection policy", "select.policy")
+
+
+@dataclass
+class PolicyResult:
+    """A policy's keep mask plus, per example, why it was pruned or kept ("" = the default reason)."""
+
+    keep: np.ndarray
+    reasons: np.ndarray
+
+
+def policy_needs(policy: str) -> str | None:
+    """What a policy needs besides the scores (e.g. "embeddings"), or None."""
+    return POLICIES.get(policy).info.get("needs")
 
 
 def hardness_order(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -120,22 +140,39 @@ def select_mask(scores: np.ndarray, labels: np.ndarray, budget: int, policy: str
     """Keep mask with exactly `budget` entries chosen by `policy` (optionally within each class).
 
     `cutoff_scores` (CCS only) is the score the hard cutoff is taken on."""
+    return select_with_reasons(scores, labels, budget, policy, class_balanced=class_balanced, seed=seed,
+                               cutoff_scores=cutoff_scores, **params).keep
+
+
+def select_with_reasons(scores: np.ndarray, labels: np.ndarray, budget: int, policy: str, *,
+                        class_balanced: bool = False, seed: int = 0, **params) -> PolicyResult:
+    """`select_mask` plus the policy's per-example reasons ("" where it gave none)."""
     choose: Callable = POLICIES.get(policy).obj
-    if not 0 <= budget <= len(scores):
-        raise DatacullError(f"cannot keep {budget} of {len(scores)} scored examples")
+    n = len(scores)
+    if not 0 <= budget <= n:
+        raise DatacullError(f"cannot keep {budget} of {n} scored examples")
     rng = np.random.default_rng(seed)
-    if cutoff_scores is not None:
-        params["cutoff_scores"] = np.asarray(cutoff_scores)
+    params = {k: v for k, v in params.items() if v is not None}
     if not class_balanced:
-        return choose(scores, budget, rng, **params)
-    keep = np.zeros(len(scores), dtype=bool)
+        return _as_result(choose(np.asarray(scores), budget, rng, **params), n, budget, policy)
+    per_example = {k for k, v in params.items() if isinstance(v, (np.ndarray, list)) and len(v) == n}
+    keep = np.zeros(n, dtype=bool)
+    reasons = np.full(n, "", dtype=object)
     for label, class_budget in class_budgets(labels, budget).items():
         members = np.flatnonzero(labels == label)
-        member_params = dict(params)
-        if "cutoff_scores" in member_params:
-            member_params["cutoff_scores"] = member_params["cutoff_scores"][members]
-        keep[members[choose(scores[members], class_budget, rng, **member_params)]] = True
-    return keep
+        member_params = {k: (np.asarray(v)[members] if k in per_example else v) for k, v in params.items()}
+        part = _as_result(choose(np.asarray(scores)[members], class_budget, rng, **member_params),
+                          len(members), class_budget, policy)
+        keep[members[part.keep]] = True
+        reasons[members] = part.reasons
+    return PolicyResult(keep, reasons)
+
+
+def _as_result(out, n: int, budget: int, policy: str) -> PolicyResult:
+    result = out if isinstance(out, PolicyResult) else PolicyResult(np.asarray(out, dtype=bool), np.full(n, "", dtype=object))
+    if result.keep.shape != (n,) or int(result.keep.sum()) != budget:
+        raise RuntimeError(f"policy {policy} kept {int(result.keep.sum())} of {n}, expected exactly {budget}")
+    return result
 
 
 def check_budget(fraction, count) -> tuple[float | None, int | None]:

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from datacull import layout
 from datacull.data.base import ArraySource, CorruptExample, DataSource, SubsetSource, build_source
 from datacull.errors import DatacullError
-from datacull.select import POLICIES, boundary_ties, budget_from, check_budget, hardness_order, select_mask
+from datacull.select import (POLICIES, boundary_ties, budget_from, check_budget, hardness_order, policy_needs,
+                             select_with_reasons)
 from datacull.store import fingerprint, is_fresh, parquet_config, parquet_fingerprint, to_plain, write_parquet_atomic
 
 _NOT_METRICS = ("key", "index", "label", "skip_reason")
@@ -181,10 +182,12 @@ def select(cfg: DictConfig) -> dict[str, Path]:
         subset_note = f" of a {size}-example subset"
     budget = budget_from(len(pool), sel.get("fraction"), sel.get("count"))
     labels = scores["label"].to_numpy()
-    keep_pool = select_mask(values[pool], labels[pool], budget, str(sel.policy),
-                            class_balanced=bool(sel.class_balanced), seed=seed,
-                            hard_cutoff=float(sel.get("hard_cutoff", 0.1)), strata=int(sel.get("strata", 50)),
-                            cutoff_scores=None if cutoff_values is None else cutoff_values[pool])
+    extra = policy_inputs(cfg, scores, pool)
+    chosen = select_with_reasons(values[pool], labels[pool], budget, str(sel.policy),
+                                 class_balanced=bool(sel.class_balanced), seed=seed,
+                                 hard_cutoff=float(sel.get("hard_cutoff", 0.1)), strata=int(sel.get("strata", 50)),
+                                 cutoff_scores=None if cutoff_values is None else cutoff_values[pool], **extra)
+    keep_pool = chosen.keep
     kept = np.zeros(len(scores), dtype=bool)
     kept[pool[keep_pool]] = True
     rank = np.full(len(scores), -1, dtype=np.int64)
@@ -192,6 +195,8 @@ def select(cfg: DictConfig) -> dict[str, Path]:
     how = f"{sel.policy}{' class-balanced' if sel.class_balanced else ''} {budget}/{len(pool)}{subset_note} by {metric}"
     reasons[pool[keep_pool]] = f"kept: {how}"
     reasons[pool[~keep_pool]] = f"pruned: {how}"
+    given = chosen.reasons.astype(str) != ""
+    reasons[pool[given]] = chosen.reasons[given]
     ties = boundary_ties(values[pool], keep_pool)
     frame = pd.DataFrame({"key": scores["key"].astype(str), "index": scores["index"].astype(np.int64),
                           "label": scores["label"].astype(np.int64), "score": values, "rank": rank,
@@ -207,6 +212,46 @@ def select(cfg: DictConfig) -> dict[str, Path]:
     print(f"select: kept {budget}, pruned {len(usable) - budget}, skipped {len(scores) - len(usable)} "
           f"({how}){f'; {imputed} NaN scores ranked as the median' if imputed else ''} -> {out}")
     return {"selection": out}
+
+
+def policy_inputs(cfg: DictConfig, scores: pd.DataFrame, pool: np.ndarray) -> dict:
+    """Keyword arguments for the configured policy beyond the scores: its `select.<policy>` section,
+    and the pool's embedding rows + keys when the policy needs embeddings."""
+    policy = str(cfg.select.policy)
+    section = cfg.select.get(policy)
+    params = dict(to_plain(section)) if isinstance(section, DictConfig) else {}
+    if policy_needs(policy) == "embeddings":
+        params["embeddings"] = pool_embeddings(cfg, scores, pool)
+        params["keys"] = scores["key"].astype(str).to_numpy(dtype=object)[pool]
+    return params
+
+
+def pool_embeddings(cfg: DictConfig, scores: pd.DataFrame, pool: np.ndarray) -> np.ndarray:
+    """float32 embedding rows of the scores rows `pool`, matched by key (embeds first if needed)."""
+    from datacull.stages.embed import embed, load_embeddings
+
+    try:
+        rows, table = load_embeddings(cfg)
+    except DatacullError:
+        if int(cfg.shard.count) != 1:
+            raise
+        embed(cfg)
+        rows, table = load_embeddings(cfg)
+    position = pd.Index(table["key"].astype(str))
+    wanted = scores["key"].astype(str).to_numpy()[pool]
+    where = position.get_indexer(wanted)
+    if (where < 0).any():
+        missing = wanted[where < 0]
+        raise DatacullError(f"{len(missing)} selected keys have no embedding in {layout.embeddings_dir(cfg)} "
+                            f"(first: {list(missing[:3])}); run `datacull embed` with the same data/encoder settings")
+    return _take_rows(rows, where)
+
+
+def _take_rows(rows, where: np.ndarray) -> np.ndarray:
+    order = np.argsort(where)
+    taken = np.empty((len(where), rows.shape[1]), dtype=np.float32)
+    taken[order] = np.asarray(rows[where[order]], dtype=np.float32)
+    return taken
 
 
 def _fill_missing(values: np.ndarray, decodable: np.ndarray, reasons: np.ndarray, metric: str,
