@@ -30,15 +30,15 @@ def test_embed_score_select_end_to_end(make_cfg):
     assert paths["embeddings"].exists()
 
 
-def test_stages_skip_when_outputs_are_fresh(make_cfg, capsys):
+def test_stages_skip_when_outputs_are_fresh(make_cfg, caplog):
+    caplog.set_level("INFO", logger="datacull")
     cfg = make_cfg()
     embed(cfg)
     score(cfg)
     mtime = layout.scores_path(cfg).stat().st_mtime_ns
     embed(cfg)
     score(cfg)
-    out = capsys.readouterr().out
-    assert "up to date" in out and layout.scores_path(cfg).stat().st_mtime_ns == mtime
+    assert "up to date" in caplog.text and layout.scores_path(cfg).stat().st_mtime_ns == mtime
     score(make_cfg("metric.ssp.k=3"))  # a changed metric config recomputes
     assert layout.scores_path(cfg).stat().st_mtime_ns != mtime
 

@@ -88,7 +88,8 @@ def test_nan_scores_of_decodable_examples_are_ranked_not_dropped(make_cfg):
     assert skipping["reason"].str.startswith("skipped: no random score").sum() == 20
 
 
-def test_train_writes_one_row_with_the_kept_count_and_reuses_it(make_cfg, capsys):
+def test_train_writes_one_row_with_the_kept_count_and_reuses_it(make_cfg, caplog):
+    caplog.set_level("INFO", logger="datacull")
     cfg = make_cfg("metrics=[ssp]", "select.fraction=0.25", *TINY_TRAIN)
     score(cfg)
     paths = train(cfg)
@@ -99,7 +100,7 @@ def test_train_writes_one_row_with_the_kept_count_and_reuses_it(make_cfg, capsys
     assert 0 <= row["test_error"] <= 1 and row["metric"] == "ssp" and row["policy"] == "keep_hard"
     assert len(json.loads(row["per_class_error"])) == 4 and row["epochs"] == 1 and row["steps"] == 1
     again = train(cfg)
-    assert again["row"] == paths["row"] and "not retrained" in capsys.readouterr().out
+    assert again["row"] == paths["row"] and "not retrained" in caplog.text
     full = json.loads(train(make_cfg("metrics=[ssp]", "select.fraction=1.0", *TINY_TRAIN))["row"].read_text())
     assert full["metric"] == full["policy"] == "all" and full["n_train"] == 256
 

@@ -29,6 +29,7 @@ initialization") and the paper sums up to the first learning-rate drop: e.g. `ep
 """
 from __future__ import annotations
 
+import logging
 import numpy as np
 from omegaconf import DictConfig
 
@@ -38,6 +39,8 @@ from datacull.metrics.context import ScoreContext
 from datacull.metrics.registry import register_metric
 from datacull.training.dynamics import recorded_runs, run_count
 from datacull.training.trainer import cached_run, run_seeds
+
+log = logging.getLogger(__name__)
 
 
 class RelabeledSource(SubsetSource):
@@ -113,8 +116,8 @@ def _threshold_aum(ctx: ScoreContext, params: DictConfig, window: slice) -> dict
         threshold = wtr_threshold(aum_k[fake], percentile)
         real = np.ones(n, dtype=bool)
         real[fake] = False
-        print(f"aum: threshold run {k}: {len(fake)} threshold samples, AUM threshold {threshold:.4g}, "
-              f"{int((aum_k[real] < threshold).sum())} of {int(real.sum())} examples below it")
+        log.info(f"aum: threshold run {k}: {len(fake)} threshold samples, AUM threshold {threshold:.4g}, "
+                 f"{int((aum_k[real] < threshold).sum())} of {int(real.sum())} examples below it")
         total[real] += aum_k[real]
         threshold_sum[real] += threshold
         counts[real] += 1

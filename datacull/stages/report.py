@@ -23,6 +23,7 @@ skipped when its inputs and settings are unchanged (fingerprint in report.json).
 """
 from __future__ import annotations
 
+import logging
 import base64
 import hashlib
 import html
@@ -39,6 +40,8 @@ from datacull import comparison as cmp
 from datacull import layout
 from datacull.errors import DatacullError
 from datacull.store import ensure_dir, fingerprint, parquet_config, to_plain, write_bytes_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 _VERSION = 1  # bump when the report's computation changes, so old reports are redone
 _META = "report.json"
@@ -131,13 +134,13 @@ def report(cfg: DictConfig) -> dict[str, Path]:
         except ValueError:
             stored = {}
         if stored.get("fingerprint") == fp and all(Path(p).exists() for p in stored.get("files", {}).values()):
-            print(f"report: {out_dir} is up to date (fingerprint {fp}); nothing to do")
+            log.info(f"report: {out_dir} is up to date (fingerprint {fp}); nothing to do")
             return {k: Path(v) for k, v in stored["files"].items()}
     began = time.perf_counter()
     paths = build_report(raw, scores, out_dir, opts)
     write_json_atomic(meta, {"fingerprint": fp, "files": {k: str(v) for k, v in paths.items()},
                              "seconds": time.perf_counter() - began})
-    print(f"report: {len(raw)} result rows -> {paths['html']} ({time.perf_counter() - began:.0f} s)")
+    log.info(f"report: {len(raw)} result rows -> {paths['html']} ({time.perf_counter() - began:.0f} s)")
     return paths
 
 

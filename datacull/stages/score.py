@@ -6,6 +6,7 @@ decode are kept as rows with NaN scores and their skip_reason, so no key is lost
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from datacull.errors import DatacullError
 from datacull.metrics.context import ScoreContext
 from datacull.metrics.registry import get_metric
 from datacull.store import fingerprint, is_fresh, to_plain, write_parquet_atomic
+
+log = logging.getLogger(__name__)
 
 
 def requested_metrics(cfg: DictConfig) -> list:
@@ -73,7 +76,7 @@ def score(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     out = layout.scores_path(cfg)
     fp = score_fingerprint(cfg, entries)
     if is_fresh(out, fp):
-        print(f"score: {out} is up to date")
+        log.info(f"score: {out} is up to date")
         return {"scores": out}
     layout.experiment_dir(cfg).mkdir(parents=True, exist_ok=True)  # fail early if not writable
     source = source or build_source(cfg.data)
@@ -107,14 +110,14 @@ def score(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
             full = np.full(n, np.nan if values.dtype.kind == "f" else -1, dtype=values.dtype)
             full[indices] = values
             columns[column] = full
-        print(f"score: {entry.name} done ({_describe(columns[entry.name][indices])})")
+        log.info(f"score: {entry.name} done ({_describe(columns[entry.name][indices])})")
     frame = pd.DataFrame({"key": source.keys, "index": np.arange(n, dtype=np.int64),
                           "label": source.labels.astype(np.int64), "skip_reason": reasons.astype(str), **columns})
     config = {"metrics": [e.name for e in entries],
               "metric": {e.name: to_plain(cfg.metric.get(e.name)) for e in entries},
               "data": to_plain(cfg.data), "seed": int(cfg.seed), "cost": cost}
     write_parquet_atomic(out, frame, fp=fp, config=config)
-    print(f"score: wrote {n} rows x {len(columns)} columns to {out}")
+    log.info(f"score: wrote {n} rows x {len(columns)} columns to {out}")
     return {"scores": out}
 
 

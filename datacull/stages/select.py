@@ -12,6 +12,7 @@ imputed (`select.missing_score=median`) or skipped (`skip`); the optional seeded
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ from datacull.errors import DatacullError
 from datacull.select import (POLICIES, boundary_ties, budget_from, check_budget, hardness_order, policy_needs,
                              select_with_reasons)
 from datacull.store import fingerprint, is_fresh, parquet_config, parquet_fingerprint, to_plain, write_parquet_atomic
+
+log = logging.getLogger(__name__)
 
 _NOT_METRICS = ("key", "index", "label", "skip_reason")
 
@@ -159,7 +162,7 @@ def select(cfg: DictConfig) -> dict[str, Path]:
     out = layout.selection_path(cfg)
     fp = fingerprint(scores_fp, layout.selection_identity(cfg), to_plain(sel))
     if is_fresh(out, fp):
-        print(f"select: {out} is up to date")
+        log.info(f"select: {out} is up to date")
         return {"selection": out}
 
     seed = layout.selection_seed(cfg)
@@ -209,8 +212,8 @@ def select(cfg: DictConfig) -> dict[str, Path]:
                                                      "scores_fingerprint": scores_fp,
                                                      "identity": layout.selection_identity(cfg), "summary": summary})
     _warn_ties(ties, float(sel.get("tie_warn_share", 0.05)), metric)
-    print(f"select: kept {budget}, pruned {len(usable) - budget}, skipped {len(scores) - len(usable)} "
-          f"({how}){f'; {imputed} NaN scores ranked as the median' if imputed else ''} -> {out}")
+    log.info(f"select: kept {budget}, pruned {len(usable) - budget}, skipped {len(scores) - len(usable)} "
+             f"({how}){f'; {imputed} NaN scores ranked as the median' if imputed else ''} -> {out}")
     return {"selection": out}
 
 
@@ -266,14 +269,14 @@ def _fill_missing(values: np.ndarray, decodable: np.ndarray, reasons: np.ndarray
         reasons[missing] = f"skipped: no {metric} score"
         return values, 0
     values[missing] = float(np.median(finite))
-    print(f"select: {int(missing.sum())} examples have no finite {metric} score; ranked as the median "
-          f"({values[missing][0]:.4g}) with random tie-breaks (select.missing_score=skip leaves them out)")
+    log.info(f"select: {int(missing.sum())} examples have no finite {metric} score; ranked as the median "
+             f"({values[missing][0]:.4g}) with random tie-breaks (select.missing_score=skip leaves them out)")
     return values, int(missing.sum())
 
 
 def _warn_ties(ties: dict, limit: float, metric: str) -> None:
     share = float(ties.get("boundary_tied_share", 0.0))
     if share > limit:
-        print(f"select: warning: {share:.1%} of the pool ties with the {metric} score at the kept/pruned boundary "
-              f"({ties.get('boundary_value')}); those were chosen by a seeded random permutation "
-              f"(select.seed); a finer metric (more runs or models) resolves them")
+        log.warning(f"{share:.1%} of the pool ties with the {metric} score at the kept/pruned boundary "
+                    f"({ties.get('boundary_value')}); those were chosen by a seeded random permutation "
+                    f"(select.seed); a finer metric (more runs or models) resolves them")

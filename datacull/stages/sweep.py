@@ -13,6 +13,7 @@ On a cluster the same grid runs as Hydra multirun jobs of `datacull train` (READ
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from datacull.data.base import build_source
 from datacull.errors import DatacullError
 from datacull.results import load_results, read_row, write_results_csv
 from datacull.sweep import SweepJob, expand_grid, sweep_metrics
+
+log = logging.getLogger(__name__)
 
 
 def job_config(cfg: DictConfig, job: SweepJob) -> DictConfig:
@@ -39,8 +42,11 @@ def _run_job(cfg: DictConfig, job: SweepJob, threads: int) -> dict:
     """Worker body: one select + train + evaluate (imported lazily so workers start fast)."""
     import torch
 
+    from datacull.logs import configure_console
     from datacull.stages.train import train
 
+    if not logging.getLogger().handlers and not logging.getLogger("datacull").handlers:
+        configure_console()  # a joblib worker process: show its messages like the parent's
     torch.set_num_threads(threads)
     paths = train(job_config(cfg, job))
     return {"job": job, "row": str(paths["row"])}
@@ -76,8 +82,8 @@ def sweep(cfg: DictConfig) -> dict[str, Path]:
         cfg.metrics = metrics
     paths = score(cfg, source)
     pending = [job for job in jobs if not _is_done(cfg, job)]
-    print(f"sweep: {len(jobs)} runs in the grid, {len(jobs) - len(pending)} already finished, "
-          f"{len(pending)} to train ({jobs_n} parallel job{'s' if jobs_n > 1 else ''})")
+    log.info(f"sweep: {len(jobs)} runs in the grid, {len(jobs) - len(pending)} already finished, "
+             f"{len(pending)} to train ({jobs_n} parallel job{'s' if jobs_n > 1 else ''})")
     bar = tqdm(total=len(pending), desc="sweep", unit="run", dynamic_ncols=True)
     if jobs_n == 1:
         for job in pending:
@@ -95,7 +101,7 @@ def sweep(cfg: DictConfig) -> dict[str, Path]:
     bar.close()
     results = load_results([layout.results_rows_dir(cfg)])
     paths["results"] = write_results_csv(results, layout.experiment_dir(cfg) / "results.csv")
-    print(f"sweep: {len(results)} result rows -> {paths['results']}")
+    log.info(f"sweep: {len(results)} result rows -> {paths['results']}")
     if bool(cfg.sweep.get("report", True)):
         from datacull.stages import STAGES, get_stage
 

@@ -15,6 +15,7 @@ rule, the epochs and the optimizer steps actually taken.
 """
 from __future__ import annotations
 
+import logging
 import json
 import math
 import time
@@ -33,6 +34,8 @@ from datacull.results import read_row, write_row
 from datacull.stages.select import select
 from datacull.store import fingerprint, parquet_config, parquet_fingerprint, to_plain
 from datacull.training.trainer import indices_hash, predict_logits, train_identity, train_model
+
+log = logging.getLogger(__name__)
 
 BUDGETS = ("epochs", "steps")
 
@@ -104,7 +107,7 @@ def train(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     rows_dir = layout.results_rows_dir(cfg)
     done = read_row(rows_dir, rid)
     if done is not None:
-        print(f"train: run {rid} already finished (test error {done['test_error']:.4f}); not retrained")
+        log.info(f"train: run {rid} already finished (test error {done['test_error']:.4f}); not retrained")
         return {"selection": selection_path, "row": rows_dir / f"{rid}.json"}
 
     source = source or build_source(cfg.data)
@@ -141,6 +144,6 @@ def train(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
         "run_dir": str(run_dir), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     path = write_row(rows_dir, row)
-    print(f"train: {row['metric']}/{row['policy']} f={row['fraction']:g} n_train={row['n_train']} seed {seed}: "
-          f"test error {row['test_error']:.4f} ({epochs} epochs, {row['train_seconds']:.0f} s) -> {path}")
+    log.info(f"train: {row['metric']}/{row['policy']} f={row['fraction']:g} n_train={row['n_train']} seed {seed}: "
+             f"test error {row['test_error']:.4f} ({epochs} epochs, {row['train_seconds']:.0f} s) -> {path}")
     return {"selection": selection_path, "row": path, "run_dir": run_dir}

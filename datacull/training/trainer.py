@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -45,6 +46,8 @@ from datacull.training.data import channel_stats, input_geometry, iter_images, l
 from datacull.training.models import ClassifierNet, build_model
 from datacull.training.recorder import Recorder
 from datacull.training.subset import check_indices
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from datacull.metrics.context import ScoreContext
@@ -141,7 +144,7 @@ class _Batches:
         if len(indices) * channels * size[0] * size[1] <= limit:
             self.images, bad = load_images(source, indices, size, channels, self.num_workers, self.on_error)
             if bad:
-                print(f"train: {bad} of {len(indices)} training images could not be decoded and are blank")
+                log.info(f"train: {bad} of {len(indices)} training images could not be decoded and are blank")
 
     def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean/std of the training images (from up to 10k of them)."""
@@ -267,7 +270,7 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
     saved = [int(p.stem.split("epoch")[1]) for p in run_dir.glob("weights-epoch*.pt")]
     missing = [e for e in keep_epochs if e <= max(saved, default=0) and e not in saved]
     if info.get("fingerprint") == fp and missing:
-        print(f"train: {run_dir} did not keep the weights of epoch(s) {missing}; training it again to keep them")
+        log.info(f"train: {run_dir} did not keep the weights of epoch(s) {missing}; training it again to keep them")
         _clear_run(run_dir)
         info = {}
     if info.get("fingerprint") == fp and info.get("finished") and (info.get("record") or not record):
@@ -391,7 +394,7 @@ def _resume(run_dir: Path, fp: str, model: nn.Module, optimizer: torch.optim.Opt
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as exc:
-        print(f"train: ignoring unreadable checkpoint {path} ({exc}); starting over")
+        log.info(f"train: ignoring unreadable checkpoint {path} ({exc}); starting over")
         return 0, [], None, {}
     info = _read_run(run_dir)
     if checkpoint.get("fingerprint") != fp or info.get("record") != record:
@@ -399,7 +402,7 @@ def _resume(run_dir: Path, fp: str, model: nn.Module, optimizer: torch.optim.Opt
     recorder = Recorder.open(run_dir / RECORD_DIR, writable=True) if record else None
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
-    print(f"train: resuming {run_dir} after epoch {checkpoint['epoch']}")
+    log.info(f"train: resuming {run_dir} after epoch {checkpoint['epoch']}")
     rng_states = {k: checkpoint[k] for k in ("torch_rng", "cuda_rng") if k in checkpoint}
     return int(checkpoint["epoch"]), list(checkpoint["history"]), recorder, rng_states
 
