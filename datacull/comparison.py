@@ -302,6 +302,31 @@ def difference_to_random(results: pd.DataFrame, method: str = "t", level: float 
     return pd.DataFrame(rows, columns=cols)
 
 
+def policy_comparison(curves: pd.DataFrame) -> pd.DataFrame:
+    """Each selection policy's accuracy beside the random policy's, per metric, subset size and fraction.
+
+    `curves` from :func:`accuracy_curves`. The reference is the `random` policy at the same subset
+    size and fraction (it ignores the metric, so any metric's random-policy runs serve), else the
+    `random` metric. Columns: metric, subset_size, fraction, policy_label, accuracy,
+    random_accuracy, diff_pp (accuracy points; positive = better than random), n_seeds.
+    """
+    cols = ["metric", "subset_size", "fraction", "policy_label", "accuracy", "random_accuracy", "diff_pp", "n_seeds"]
+    pruned = curves[curves["fraction"] < 1.0 - _TOL]
+    rows = []
+    for (metric, size, fraction, label), g in pruned.groupby(["metric", "subset_size", "fraction", "policy_label"]):
+        if label == REFERENCE or metric == REFERENCE:
+            continue
+        at = pruned[(pruned["subset_size"] == size) & (pruned["fraction"] == fraction)]
+        ref = at[at["policy_label"] == REFERENCE]
+        ref = ref if not ref.empty else at[at["metric"] == REFERENCE]
+        random_acc = float(ref["accuracy"].mean()) if not ref.empty else math.nan
+        acc = float(g["accuracy"].iloc[0])
+        rows.append({"metric": metric, "subset_size": int(size), "fraction": float(fraction), "policy_label": label,
+                     "accuracy": acc, "random_accuracy": random_acc, "diff_pp": 100 * (acc - random_acc),
+                     "n_seeds": int(g["n_seeds"].iloc[0])})
+    return pd.DataFrame(rows, columns=cols)
+
+
 def spearman_matrix(scores: pd.DataFrame, metrics: Iterable[str]) -> pd.DataFrame:
     """Spearman rank correlation between the given metric columns of a scores table.
 
@@ -681,49 +706,55 @@ def plot_frontier(results: pd.DataFrame, fits: pd.DataFrame | None, path: Path, 
 
 
 def plot_comparison(curves: pd.DataFrame, path: Path, title: str = "", level: float = 0.95,
-                    dpi: int = 110) -> Path:
-    """Figure 5A of Sorscher et al.: test accuracy vs fraction kept, one line per metric, random in black.
+                    dpi: int = 110, by: str = "metric") -> Path:
+    """Figure 5A of Sorscher et al.: test accuracy vs fraction kept, random in black.
 
-    `curves` from :func:`accuracy_curves`. One panel per policy (columns) and subset size (rows);
-    bars are the `level` intervals over seeds (none with one seed); metrics are slightly offset
-    along x so bars do not hide each other.
+    `curves` from :func:`accuracy_curves`. `by="metric"`: one line per metric, one panel per policy
+    (columns) and subset size (rows), random = the `random` metric. `by="policy"`: one line per
+    selection policy, one panel per metric and subset size, random = the `random` policy (the
+    policies compared side by side). Bars are the `level` intervals over seeds (none with one
+    seed); lines are slightly offset along x so bars do not hide each other.
     """
     if curves.empty:
         raise DatacullError("no pruned runs to compare")
-    metrics = [m for m in [REFERENCE] + sorted(set(curves["metric"]) - {REFERENCE}) if m in set(curves["metric"])]
-    colors = metric_colors(metrics)
-    labels = [p for p in ("keep_hard", "keep_easy", "keep_hard (balanced)", "keep_easy (balanced)")
-              if p in set(curves["policy_label"])]
-    labels += sorted(set(curves["policy_label"]) - set(labels))
+    if by not in ("metric", "policy"):
+        raise ValueError(f"by must be metric or policy, not {by!r}")
+    line_key, panel_key = ("metric", "policy_label") if by == "metric" else ("policy_label", "metric")
+    present = set(curves[line_key])
+    lines = [m for m in [REFERENCE] + sorted(present - {REFERENCE}) if m in present]
+    colors = metric_colors(lines)
+    panels = [p for p in ("keep_hard", "keep_easy", "keep_hard (balanced)", "keep_easy (balanced)")
+              if p in set(curves[panel_key])]
+    panels += sorted(set(curves[panel_key]) - set(panels))
     sizes = sorted(set(curves["subset_size"]))
-    fig, axes = plt.subplots(len(sizes), len(labels), figsize=(4.6 * len(labels) + 0.8, 3.4 * len(sizes) + 1.0),
+    fig, axes = plt.subplots(len(sizes), len(panels), figsize=(4.6 * len(panels) + 0.8, 3.4 * len(sizes) + 1.0),
                              squeeze=False, sharey="row", sharex=True, layout="constrained")
     fr = sorted(set(curves["fraction"]))
     span = (max(fr) - min(fr)) if len(fr) > 1 else 1.0
-    step = min(0.012, 0.06 / max(len(metrics) - 1, 1)) * span
-    others = [m for m in metrics if m != REFERENCE]
+    step = min(0.012, 0.06 / max(len(lines) - 1, 1)) * span
+    others = [m for m in lines if m != REFERENCE]
     slots = sorted(range(-len(others), len(others) + 1), key=lambda k: (abs(k), -k))[1:len(others) + 1]
     offsets = {m: k * step for m, k in zip(others, slots)}
     offsets[REFERENCE] = 0.0  # random sits on the tick; the others alternate around it
     for r, size in enumerate(sizes):
-        for c, label in enumerate(labels):
+        for c, panel in enumerate(panels):
             ax = axes[r][c]
-            sub = curves[(curves["subset_size"] == size) & (curves["policy_label"] == label)]
-            for metric in metrics:
-                line = sub[sub["metric"] == metric].sort_values("fraction")
+            sub = curves[(curves["subset_size"] == size) & (curves[panel_key] == panel)]
+            for name in lines:
+                line = sub[sub[line_key] == name].sort_values("fraction")
                 if line.empty:
                     continue
-                x = line["fraction"] + offsets[metric]
+                x = line["fraction"] + offsets[name]
                 y = 100 * line["accuracy"]
                 lo = np.clip(line["lo"].to_numpy(float), 0.0, 1.0)
                 hi = np.clip(line["hi"].to_numpy(float), 0.0, 1.0)
                 yerr = np.vstack([100 * (line["accuracy"] - lo), 100 * (hi - line["accuracy"])])
                 yerr = np.maximum(np.where(np.isfinite(yerr), yerr, 0.0), 0.0)
-                ref = metric == REFERENCE
-                marker = "o" if ref else _MARKERS[others.index(metric) % len(_MARKERS)]
-                ax.errorbar(x, y, yerr=yerr, fmt=marker + "-", color=colors[metric], lw=2.4 if ref else 1.4, ms=4,
-                            capsize=2, elinewidth=0.9, zorder=4 if ref else 3, label=metric)
-            ax.set_title(f"{label} · subset {size:,}", fontsize=10)
+                ref = name == REFERENCE
+                marker = "o" if ref else _MARKERS[others.index(name) % len(_MARKERS)]
+                ax.errorbar(x, y, yerr=yerr, fmt=marker + "-", color=colors[name], lw=2.4 if ref else 1.4, ms=4,
+                            capsize=2, elinewidth=0.9, zorder=4 if ref else 3, label=name)
+            ax.set_title(f"{panel} · subset {size:,}", fontsize=10)
             ax.set_xticks(fr)
             ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _p: f"{v:g}"))
             ax.grid(True, alpha=0.3)
@@ -744,9 +775,9 @@ def plot_comparison(curves: pd.DataFrame, path: Path, title: str = "", level: fl
             if n not in names:
                 handles.append(h)
                 names.append(n)
-    order = [names.index(m) for m in metrics if m in names]
+    order = [names.index(m) for m in lines if m in names]
     fig.legend([handles[i] for i in order], [names[i] for i in order], loc="outside right upper",
-               fontsize=9, frameon=False, title="metric")
+               fontsize=9, frameon=False, title=by)
     seeds = int(curves["n_seeds"].max())
     note = (f"bars: {int(level * 100)}% interval over {seeds} seeds (clipped at the panel edge)" if seeds > 1
             else "one seed: no intervals")

@@ -297,3 +297,23 @@ def test_tiny_digits_sweep_then_report_draws_every_figure(make_cfg):
     assert len(merged) == 3 * (2 * 2 + 1)
     cost = pd.read_csv(out / "cost.csv").set_index("metric")
     assert cost.loc["ssp", "scoring_wall_s"] > 0  # recorded by `datacull score`
+
+
+def test_policies_side_by_side_get_their_own_figure_and_table(make_cfg, tmp_path):
+    from datacull.stages.report import report
+
+    results = synthetic_results(sizes=(600,), metrics=("ssp",), policies=("keep_hard", "keep_easy", "random", "ccs"))
+    table = tmp_path / "results.csv"
+    results.to_csv(table, index=False)
+    out = tmp_path / "report"
+    paths = report(_cfg(make_cfg, results=[str(table)], out=str(out)))
+    slug = "digits-train_resnet8_cpu_epochs"
+    assert paths[f"policies_{slug}"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"](policies_{slug}.png)" in (out / "report.md").read_text()
+    curves = cmp.accuracy_curves(cmp.prepare_results(results))
+    table = cmp.policy_comparison(curves)
+    assert set(table["policy_label"]) == {"keep_hard", "keep_easy", "ccs"}  # random is the reference
+    row = table[(table["policy_label"] == "ccs") & (table["fraction"] == 0.3)].iloc[0]
+    acc = lambda policy: 1 - results[(results["policy"] == policy) & (results["fraction"] == 0.3)].groupby("seed")["test_error"].mean().mean()
+    assert row["accuracy"] == pytest.approx(acc("ccs"))
+    assert row["diff_pp"] == pytest.approx(100 * (acc("ccs") - acc("random")))

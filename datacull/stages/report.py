@@ -301,6 +301,13 @@ def build_report(raw: pd.DataFrame, scores: Path | None, out_dir: Path, opts: Di
             doc.table(shown, ".2f")
             if not diff.empty:
                 all_diff.append(diff.assign(**key))
+            if len(set(curves["policy_label"]) - {"keep_hard", "keep_easy"}) > 0:
+                doc.heading("(c') Policy comparison: accuracy vs fraction kept, one line per policy", 3)
+                p = cmp.plot_comparison(curves, out_dir / f"policies_{slug}.png", title, level, dpi, by="policy")
+                paths[f"policies_{slug}"] = p
+                doc.figure(p, "Test accuracy against fraction kept, one line per selection policy (random policy in "
+                              "black), one panel per metric.")
+                doc.table(cmp.policy_comparison(curves), ".3g")
             # (e) class balance
             doc.heading("(e) Class balance of each selection", 3)
             balance = cmp.class_balance(rows, empty_ratio,
