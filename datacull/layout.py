@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from datacull.store import fingerprint, to_plain
 
 # data-config keys that do not change the examples themselves
-_DATA_KEYS_IGNORED = {"root", "download", "num_workers", "batch_size"}
+_DATA_KEYS_IGNORED = {"root", "download", "num_workers", "batch_size", "index_cache"}
 # encoder-config keys that change speed, not the embedding
 _ENCODER_KEYS_IGNORED = {"batch_size", "num_workers"}
 
@@ -86,7 +86,10 @@ def selection_seed(cfg: DictConfig) -> int:
 
 
 def selection_identity(cfg: DictConfig) -> dict:
-    """Everything that determines which examples a selection keeps (besides the scores themselves)."""
+    """Everything that determines which examples a selection keeps (besides the scores themselves).
+
+    Settings that cannot change the kept set (warnings, other policies' sections, a pre-filter that is
+    off) are left out, so adding such options never invalidates existing selections and their runs."""
     sel = to_plain(cfg.select)
     identity = {"metric": selection_metric(cfg), "policy": sel.get("policy"), "fraction": sel.get("fraction"),
                 "count": sel.get("count"), "class_balanced": bool(sel.get("class_balanced")),
@@ -96,6 +99,10 @@ def selection_identity(cfg: DictConfig) -> dict:
         identity["fraction"] = None
     if identity["policy"] == "ccs":
         identity.update({k: sel.get(k) for k in ("hard_cutoff", "strata", "cutoff_metric")})
+    if isinstance(sel.get(identity["policy"]), dict):  # the policy's own section, e.g. select.d2
+        identity[str(identity["policy"])] = sel[identity["policy"]]
+    if isinstance(sel.get("dedup"), dict) and sel["dedup"].get("eps") is not None:  # the optional pre-filter
+        identity["dedup"] = sel["dedup"]
     return identity
 
 

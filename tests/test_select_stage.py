@@ -72,3 +72,18 @@ def test_a_malformed_budget_is_one_clear_error_before_any_output(make_cfg, overr
     with pytest.raises(DatacullError, match=message):
         select(make_cfg("metrics=[random]", override))
     assert not (layout.experiment_dir(cfg) / "selections").exists()
+
+
+def test_settings_that_cannot_change_the_kept_set_do_not_invalidate_a_selection(make_cfg):
+    from datacull.store import parquet_fingerprint
+
+    cfg = make_cfg("metrics=[random]", "select.fraction=0.5")
+    score(cfg)
+    path = select(cfg)["selection"]
+    fp = parquet_fingerprint(path)
+    # a warning threshold, another policy's section and an unused option: same selection, same fingerprint
+    same = make_cfg("metrics=[random]", "select.fraction=0.5", "select.tie_warn_share=0.5",
+                    "+select.some_policy={k: 3}", "select.strata=7")
+    assert select(same)["selection"] == path and parquet_fingerprint(path) == fp
+    changed = select(make_cfg("metrics=[random]", "select.fraction=0.4"))["selection"]
+    assert changed != path

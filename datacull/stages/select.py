@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from datacull import layout
-from datacull.data.base import ArraySource, CorruptExample, DataSource, SubsetSource, build_source
+from datacull.data.base import ArraySource, CorruptExample, DataSource, SubsetSource, build_source, skip_reason
 from datacull.errors import DatacullError
 from datacull.select import (POLICIES, boundary_ties, budget_from, check_budget, hardness_order, policy_needs,
                              select_with_reasons)
@@ -87,7 +87,7 @@ def decode_errors(cfg: DictConfig, source: DataSource) -> np.ndarray:
         try:
             source.load(i)
         except CorruptExample as exc:
-            errors[i] = f"skipped: corrupt image: {exc}"
+            errors[i] = f"skipped: {skip_reason(exc)}"
     write_parquet_atomic(cache, pd.DataFrame({"key": source.keys, "skip_reason": errors.astype(str)}))
     return errors
 
@@ -160,7 +160,7 @@ def select(cfg: DictConfig) -> dict[str, Path]:
     cutoff_metric = sel.get("cutoff_metric") if str(sel.policy) == "ccs" else None
     cutoff_values = score_column(scores, str(cutoff_metric), "select.cutoff_metric") if cutoff_metric else None
     out = layout.selection_path(cfg)
-    fp = fingerprint(scores_fp, layout.selection_identity(cfg), to_plain(sel))
+    fp = fingerprint(scores_fp, layout.selection_identity(cfg))
     if is_fresh(out, fp):
         log.info(f"select: {out} is up to date")
         return {"selection": out}
@@ -204,7 +204,13 @@ def select(cfg: DictConfig) -> dict[str, Path]:
     frame = pd.DataFrame({"key": scores["key"].astype(str), "index": scores["index"].astype(np.int64),
                           "label": scores["label"].astype(np.int64), "score": values, "rank": rank,
                           "kept": kept, "reason": reasons.astype(str)})
+    emptied = emptied_classes(labels[pool], kept[pool])
+    if emptied:
+        log.warning(f"select: {len(emptied)} classes lose every example under this selection (labels "
+                    f"{emptied[:10]}{' ...' if len(emptied) > 10 else ''}); select.class_balanced=true keeps every "
+                    "class (the manifest's per_class lists before/after counts)")
     summary = {"metric": metric, "policy": str(sel.policy), "budget": int(budget), "pool": int(len(pool)),
+               "emptied_classes": emptied,
                "usable": int(len(usable)), "skipped": int(len(scores) - len(usable)), "imputed": int(imputed),
                "seed": seed, "ties": {k: (float(v) if isinstance(v, (float, np.floating)) else int(v))
                                       for k, v in ties.items()}}
@@ -215,6 +221,12 @@ def select(cfg: DictConfig) -> dict[str, Path]:
     log.info(f"select: kept {budget}, pruned {len(usable) - budget}, skipped {len(scores) - len(usable)} "
              f"({how}){f'; {imputed} NaN scores ranked as the median' if imputed else ''} -> {out}")
     return {"selection": out}
+
+
+def emptied_classes(labels: np.ndarray, kept: np.ndarray) -> list[int]:
+    """Labels (>= 0) present in `labels` of which no example is kept."""
+    present = np.unique(labels[labels >= 0])
+    return [int(c) for c in present if not kept[labels == c].any()]
 
 
 def policy_inputs(cfg: DictConfig, scores: pd.DataFrame, pool: np.ndarray) -> dict:
