@@ -13,6 +13,7 @@ in its experiment folder (see `datacull.logs`), after the plugins of `plugins=[.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 import sys
@@ -20,8 +21,11 @@ import sys
 from datacull.errors import DatacullError
 from datacull.stages import STAGES, get_stage
 
-USAGE = "usage: datacull STAGE [key=value ...] [hydra flags]\n       datacull metrics [plugins=[...]]"
+USAGE = ("usage: datacull STAGE [key=value ...] [hydra flags]\n       datacull metrics [plugins=[...]]\n"
+         "       datacull verify [PATH ...]")
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # a full or read-only disk: the user's to fix
 
 # a brace-expansion pattern as webdataset (braceexpand) reads it: {000..999} or {a,b}; never Hydra
 # syntax (Hydra dicts have `key: value`, interpolations start with `$`)
@@ -151,12 +155,20 @@ def _config_groups() -> list[str]:
     return sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra")
 
 
+# Hydra launcher options provided by plugin packages (conf/hydra/launcher/slurm.yaml builds on submitit_slurm)
+LAUNCHER_PACKAGES = {"joblib": "hydra-joblib-launcher", "submitit_slurm": "hydra-submitit-launcher",
+                     "submitit_local": "hydra-submitit-launcher", "slurm": "hydra-submitit-launcher"}
+
+
 def _unknown_option(group: str, option: str, options) -> str:
     if options is None:  # the group itself does not exist (e.g. `+datasets=x`)
         groups = _config_groups()
         hint = _close(group, groups)
         return (f"there is no config group {group!r}" + (f"; did you mean {hint[0]}={option}?" if hint else "")
                 + f" (groups: {', '.join(groups)})")
+    if group == "hydra/launcher" and option in LAUNCHER_PACKAGES:  # a launcher plugin that is not installed
+        return (f"the Hydra launcher {option!r} is not installed: pip install {LAUNCHER_PACKAGES[option]} "
+                f"(installed launchers: {', '.join(options)})")
     message = f"unknown {group} option {option!r}; valid {group} options: {', '.join(options)}"
     if group == "metric" and option in _registered_metrics():
         return (f"{message}; did you mean metrics=[{option}]? (`metric` holds the metrics' settings, "
@@ -270,6 +282,17 @@ def _run_stage(stage: str, argv: list[str]) -> None:
         except (InterpolationResolutionError, MissingMandatoryValue) as exc:  # e.g. `key=${nope}`
             print(f"datacull {stage}: error: config: {_one_line(exc)}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            print(f"datacull {stage}: error: {exc.strerror or exc} writing {exc.filename or 'an output'}; nothing "
+                  "half-written was kept: free space (or set paths.work_dir to a writable disk) and run the same "
+                  "command again", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            print(f"datacull {stage}: interrupted; everything finished so far is kept (outputs are written "
+                  "atomically): run the same command again to resume", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
 
     user_full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))
     saved = {name: os.environ.get(name) for name in ("HYDRA_FULL_ERROR", "TQDM_DISABLE")}
@@ -291,6 +314,38 @@ def _run_stage(stage: str, argv: list[str]) -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _verify(argv: list[str]) -> None:
+    """`datacull verify [PATH ...] [overrides]`: read-only, so it runs without Hydra's job machinery.
+
+    Without a PATH it verifies `paths.work_dir` of the config the overrides compose.
+    """
+    from datacull.stages.verify import verify_paths
+
+    paths = [a for a in argv if "=" not in a and not a.startswith("-")]
+    try:
+        if not paths:
+            from datacull.config import compose
+
+            paths = [str(compose(quote_brace_patterns([a for a in argv if "=" in a])).paths.work_dir)]
+        report = verify_paths(paths)
+    except DatacullError as exc:
+        print(f"datacull verify: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except Exception as exc:
+        message = config_error_message(exc, "verify", argv)
+        if message is None:
+            raise
+        print(f"datacull verify: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    if report.ok:
+        print(report.summary(paths))
+        return
+    print(report.summary(paths) + ":", file=sys.stderr)
+    for problem in report.problems:
+        print(f"  - {problem}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
 
 
 def _stderr_is_terminal() -> bool:
@@ -316,6 +371,9 @@ def main(argv: list[str] | None = None) -> None:
                 raise
             print(f"datacull metrics: error: {message}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
+        return
+    if stage == "verify":
+        _verify(rest)
         return
     if stage not in STAGES:
         hint = _close(stage, [*STAGES, "metrics"], n=1)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from webdataset import TarWriter
 
-from datacull.data.base import UNKNOWN_LABEL, CorruptExample, DataSource
+from datacull.data.base import UNKNOWN_LABEL, CorruptExample, DataSource, skip_reason
 from datacull.errors import DatacullError
 from datacull.logs import progress as progress_bar
 from datacull.store import atomic_directory, parquet_config, parquet_fingerprint, write_json_atomic
@@ -301,7 +301,7 @@ def export_selection(source: DataSource, selection_path: Path, out_dir: Path, *,
                     if on_error == "fail":
                         raise DatacullError(f"example {key} (index {index}) is corrupt: {exc}; "
                                             "set data.on_error=skip to skip it") from None
-                    reasons[row] = f"skipped: corrupt image: {exc}"
+                    reasons[row] = f"skipped: {skip_reason(exc)}"
                     corrupt[row] = True
                     continue
                 info = {"key": key, "index": index, "label": label, "rank": int(ranks[row]),

@@ -47,3 +47,12 @@ class StackedRows:
             chosen = part == p
             out[chosen] = self.parts[p][index[chosen] - self.offsets[p]]
         return out
+
+
+def finite_rows(rows, block: int = 65536) -> np.ndarray:
+    """Boolean mask: True where every value of the row is finite (no NaN/inf); reads `rows` in blocks."""
+    out = np.empty(len(rows), dtype=bool)
+    for start in range(0, len(rows), block):
+        chunk = np.asarray(rows[start: start + block], dtype=np.float32)
+        out[start: start + len(chunk)] = np.isfinite(chunk).all(axis=1)
+    return out

@@ -6,7 +6,6 @@ import os
 import pickle
 import struct
 import tarfile
-import warnings
 
 import numpy as np
 import pytest
@@ -346,12 +345,15 @@ def test_wds_duplicate_keys_missing_shards_test_split_and_bad_labels(tmp_path, r
         build_source(data_cfg("data=wds", "data.urls='https://example.com/shard-{000000..000001}.tar'"))
 
 
-def test_wds_warns_about_samples_without_an_image(tmp_path):
+def test_wds_keeps_samples_without_an_image_as_missing_images(tmp_path, caplog):
+    from datacull.data.base import MissingImage, skip_reason
+
     with wds.TarWriter(str(tmp_path / "a.tar")) as sink:
         sink.write({"__key__": "img", "png": png_bytes(np.zeros((2, 2, 3), np.uint8)), "cls": b"0"})
         sink.write({"__key__": "meta", "txt": b"caption only"})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        source = build_source(data_cfg("data=wds", f"data.urls={tmp_path}/a.tar"))
-    assert source.keys == ["img"]
-    assert any("1 samples without an image" in str(w.message) for w in caught)
+    source = build_source(data_cfg("data=wds", f"data.urls={tmp_path}/a.tar", "data.index_cache=null"))
+    assert source.keys == ["img", "meta"]  # accounted for, never silently dropped
+    assert "1 samples have no readable image member" in caplog.text
+    with pytest.raises(MissingImage) as caught:
+        source.load(1)
+    assert skip_reason(caught.value).startswith("no image member: shard ")

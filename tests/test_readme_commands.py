@@ -3,7 +3,8 @@ shell would), in a fresh folder. Cheap lines (digits / synthetic data, help, con
 the default suite; lines that train on real data run under `-m slow`; lines that need data or
 network this machine cannot have must stop with one clear error (exit 2) or are listed with the
 reason they cannot run here. A README line that fits none of these fails the test: new commands
-must be covered."""
+must be covered. A fenced block whose first line is the comment `# in order: ...` is one sequence:
+its cheap lines run one after the other in one folder (each needs the outputs of the one before)."""
 import re
 import shlex
 import subprocess
@@ -19,21 +20,43 @@ NOT_RUNNABLE = {
 }
 NOT_RUNNABLE_MARKERS = {"hydra/launcher=slurm": "submits to a SLURM cluster (the launcher config is composed in test_sweep)"}
 # lines that must fail cleanly because the data they name does not exist on this machine
-EXPECT_DATA_ERROR = ("data.root=/datasets/", "data=imagenet", "data.urls='shards/", "report.results=[docs/")
+EXPECT_DATA_ERROR = ("data.root=/datasets/", "data=imagenet", "data.urls='shards/", "report.results=[docs/",
+                     "datacull verify ")  # verify in a fresh folder: nothing there yet
 CHEAP = ("data=digits", "data=synthetic", "--help", "--cfg", "datacull metrics")
 
 
-def readme_commands() -> list[str]:
-    """The `datacull` command lines of README.md's fenced shell blocks, comments stripped."""
-    lines, fence = [], None
+SEQUENCE_MARKER = "# in order:"
+
+
+def readme_blocks() -> list[tuple[bool, list[str]]]:
+    """(is a sequence, `datacull` command lines) of each of README.md's fenced shell blocks, comments stripped."""
+    blocks, fence, first = [], None, False
     for raw in README.read_text().splitlines():
         line = raw.strip()
         if line.startswith("```"):
             fence = None if fence is not None else (line[3:].strip() or "plain")
+            if fence is not None:
+                blocks.append((False, []))
+                first = True
             continue
+        if fence is None:
+            continue
+        if first and line.startswith(SEQUENCE_MARKER):
+            blocks[-1] = (True, blocks[-1][1])
+        first = False
         if fence in ("bash", "sh", "console", "plain") and line.startswith("datacull ") and "STAGE [" not in line:
-            lines.append(re.split(r"\s+#\s", line)[0].strip())
-    return lines
+            blocks[-1][1].append(re.split(r"\s+#\s", line)[0].strip())
+    return [block for block in blocks if block[1]]
+
+
+def readme_commands() -> list[str]:
+    """The `datacull` command lines of README.md's fenced shell blocks, except the sequences' cheap lines."""
+    return [line for sequence, lines in readme_blocks() for line in lines if not (sequence and kind(line) == "cheap")]
+
+
+def readme_sequences() -> list[list[str]]:
+    """The cheap lines of each `# in order:` block, in order."""
+    return [[line for line in lines if kind(line) == "cheap"] for sequence, lines in readme_blocks() if sequence]
 
 
 def kind(line: str) -> str:
@@ -64,6 +87,13 @@ def test_readme_has_commands_and_every_one_is_classified():
 def test_cheap_readme_command_runs_as_printed(line, tmp_path):
     out = run(line, tmp_path, 600)
     assert out.returncode == 0, f"{line}\n{out.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("lines", readme_sequences(), ids=lambda lines: lines[0][:60])
+def test_readme_sequence_runs_in_order_in_one_folder(lines, tmp_path):
+    for line in lines:
+        out = run(line, tmp_path, 600)
+        assert out.returncode == 0, f"{line}\n{out.stderr[-2000:]}"
 
 
 @pytest.mark.parametrize("line", [c for c in COMMANDS if kind(c) == "data-error"])

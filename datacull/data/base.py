@@ -15,7 +15,23 @@ UNKNOWN_LABEL = -1
 
 
 class CorruptExample(Exception):
-    """An example whose image cannot be decoded; carries the reason for the manifest."""
+    """An example whose image cannot be decoded; carries the reason for the manifest.
+
+    `kind` names the group of the skip reason (`skipped: {kind}: {details}`, see `skip_reason`).
+    """
+
+    kind = "corrupt image"
+
+
+class MissingImage(CorruptExample):
+    """A sample that has no (readable) image member, e.g. only a caption or a symlinked image."""
+
+    kind = "no image member"
+
+
+def skip_reason(exc: CorruptExample) -> str:
+    """`{kind}: {details}` for a CorruptExample, e.g. `corrupt image: ...` or `no image member: ...`."""
+    return f"{exc.kind}: {exc}"
 
 
 class DataSource(ABC):

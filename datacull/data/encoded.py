@@ -7,6 +7,7 @@ the bytes untouched, so an export ships exactly what was read.
 from __future__ import annotations
 
 import io
+import re
 from abc import abstractmethod
 
 import numpy as np
@@ -30,8 +31,16 @@ def decode_image(data: bytes, where: str, rgb: bool = False) -> np.ndarray:
             mode = "L" if not rgb and image.mode in GRAY_MODES else "RGB"
             array = np.array(image.convert(mode), dtype=np.uint8)  # writable (torch.from_numpy warns otherwise)
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error, ...) on bad bytes
-        raise CorruptExample(f"{where}: {type(exc).__name__}: {exc}") from None
+        raise CorruptExample(f"{where}: {type(exc).__name__}: {_no_reprs(str(exc))}") from None
     return array[..., None] if array.ndim == 2 else array
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _no_reprs(message: str) -> str:
+    """`message` without object reprs such as `<_io.BytesIO object at 0x7f...>` (they differ between runs)."""
+    return _OBJECT_REPR.sub("the image bytes", message)
 
 
 def configured_size(value, key: str = "data.image_size") -> tuple[int, int] | None:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datacull.data.base import CorruptExample, DataSource
+from datacull.data.base import CorruptExample, DataSource, skip_reason
 from datacull.errors import DatacullError
 
 
@@ -65,7 +65,7 @@ class ExampleDataset(torch.utils.data.Dataset):
                     "fix the input or set data.on_error=skip"
                 ) from None
             image = np.zeros((*self.size, self.channels), dtype=np.uint8)
-            error = f"corrupt image: {exc}"
+            error = skip_reason(exc)
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()
         return tensor, int(self.labels[index]), index, error
 

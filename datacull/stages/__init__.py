@@ -19,6 +19,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "sweep": ("datacull.stages.sweep", "sweep", "scaling / metric-comparison grid: score once, train every point, report"),
     "report": ("datacull.stages.report", "report", "scaling curves + metric comparison report (index.html, report.md, PNGs)"),
     "theory": ("datacull.stages.theory", "theory", "perceptron theory of data pruning (Figure 1 of Sorscher et al.)"),
+    "verify": ("datacull.stages.verify", "verify", "recount shards, manifest, selection and results; exit 2 listing problems"),
 }
 
 
