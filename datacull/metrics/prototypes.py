@@ -15,11 +15,23 @@ from datacull.errors import DatacullError
 from datacull.kmeans import l2_normalize, nearest_centroid, train_spherical_kmeans, use_faiss_gpu
 from datacull.metrics.context import ScoreContext
 from datacull.metrics.registry import register_metric
+from datacull.rows import finite_rows
 
 
 # k = "auto" without known classes: round(sqrt(N / 2)) (the rule of thumb in Mardia, Kent & Bibby
 # 1979, "Multivariate Analysis"), capped at the paper's ImageNet value (SCIENCE.md, section 2)
 AUTO_K_CAP = 1000
+
+
+def check_finite(rows, metric: str) -> None:
+    """One clear error when embedding rows hold NaN/inf (faiss would abort, means would turn NaN).
+
+    The score stage skips such rows with a reason before any metric sees them; this guards other callers.
+    """
+    bad = ~finite_rows(rows)
+    if bad.any():
+        raise DatacullError(f"{metric}: {int(bad.sum())} of {len(rows)} embedding rows hold NaN/inf (first row "
+                            f"{int(np.argmax(bad))}); delete the embeddings folder and run `datacull embed` again")
 
 
 def resolve_ssp_k(setting, num_classes: int, n: int) -> int:
@@ -59,13 +71,29 @@ def ssp(ctx: ScoreContext, params: DictConfig) -> dict[str, np.ndarray]:
     (kmeans++ | random), `local_trials`, `nredo`, `niter` and `max_points_per_centroid`.
     """
     rows = ctx.embeddings()
-    k = resolve_ssp_k(params.get("k", "auto"), ctx.num_classes, len(rows))
-    gpu = use_faiss_gpu(params.get("gpu", "auto"), str(ctx.cfg.device))
+    check_finite(rows, "ssp")
+    k, centroids, gpu = fit_ssp_centroids(rows, params, ctx.num_classes, ctx.seed("ssp"), str(ctx.cfg.device))
+    return ssp_columns(rows, centroids, k, params, gpu)
+
+
+def fit_ssp_centroids(rows, params: DictConfig, num_classes: int, seed: int,
+                      device: str) -> tuple[int, np.ndarray, bool]:
+    """(k, unit centroids (k, d), whether faiss runs on GPU) of SSP's spherical k-means on `rows`.
+
+    Also the first step of sharded scoring (`datacull.sharding`), which passes a view of every shard's rows.
+    """
+    k = resolve_ssp_k(params.get("k", "auto"), num_classes, len(rows))
+    gpu = use_faiss_gpu(params.get("gpu", "auto"), device)
     trials = params.get("local_trials", 20)
-    centroids = train_spherical_kmeans(rows, k, niter=int(params.get("niter", 25)), seed=ctx.seed("ssp"), gpu=gpu,
+    centroids = train_spherical_kmeans(rows, k, niter=int(params.get("niter", 25)), seed=seed, gpu=gpu,
                                        max_points_per_centroid=int(params.get("max_points_per_centroid", 256)),
                                        init=str(params.get("init", "kmeans++")), nredo=int(params.get("nredo", 1)),
                                        local_trials=None if trials is None else int(trials))
+    return k, centroids, gpu
+
+
+def ssp_columns(rows, centroids: np.ndarray, k: int, params: DictConfig, gpu: bool) -> dict[str, np.ndarray]:
+    """SSP's columns for `rows` given the centroids: `ssp` (1 - cosine to the nearest), `ssp_cluster`, `ssp_k`."""
     cluster, similarity = nearest_centroid(rows, centroids, block_size=int(params.get("block_size", 65536)),
                                            gpu=gpu, desc="ssp assign")
     return {"ssp": (1.0 - similarity).astype(np.float64), "ssp_cluster": cluster,
@@ -78,12 +106,22 @@ def supervised_prototypes(ctx: ScoreContext, params: DictConfig) -> np.ndarray:
     """1 - cosine similarity between an example and the (normalised) mean embedding of its class."""
     labels = ctx.require_labels("supervised_prototypes")
     rows = ctx.embeddings()
+    check_finite(rows, "supervised_prototypes")
     block = int(params.get("block_size", 65536))
-    sums = np.zeros((ctx.num_classes, rows.shape[1]), dtype=np.float64)
+    return prototype_distances(rows, labels, class_prototypes(rows, labels, ctx.num_classes, block), block)
+
+
+def class_prototypes(rows, labels: np.ndarray, num_classes: int, block: int = 65536) -> np.ndarray:
+    """Unit-norm (num_classes, d) class means of the L2-normalised rows, summed in blocks of `block` rows."""
+    sums = np.zeros((num_classes, rows.shape[1]), dtype=np.float64)
     for start in range(0, len(rows), block):
-        onehot = np.eye(ctx.num_classes)[labels[start: start + block]]
+        onehot = np.eye(num_classes)[labels[start: start + block]]
         sums += onehot.T @ l2_normalize(np.asarray(rows[start: start + block]))
-    prototypes = l2_normalize(sums)
+    return l2_normalize(sums)
+
+
+def prototype_distances(rows, labels: np.ndarray, prototypes: np.ndarray, block: int = 65536) -> np.ndarray:
+    """1 - cosine similarity of each row to the prototype of its label, in blocks of `block` rows."""
     distance = np.empty(len(rows), dtype=np.float64)
     for start in range(0, len(rows), block):
         unit = l2_normalize(np.asarray(rows[start: start + block]))

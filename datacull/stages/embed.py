@@ -98,10 +98,18 @@ def load_embeddings(cfg: DictConfig) -> tuple[np.ndarray | StackedRows, pd.DataF
         raise DatacullError(f"no embeddings in {out_dir}; run `datacull embed` with the same data/encoder settings")
     frames, arrays, counts = [], [], set()
     for table_path in tables:
-        frame = pd.read_parquet(table_path)
-        counts.add(int(parquet_config(table_path)["shard"]["count"]))
+        try:
+            frame = pd.read_parquet(table_path)
+            counts.add(int(parquet_config(table_path)["shard"]["count"]))
+            array = np.load(table_path.with_suffix(".npy"), mmap_mode="r")
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:  # truncated / foreign files
+            raise DatacullError(f"cannot read the embeddings shard {table_path.with_suffix('.*')} ({exc}); "
+                                f"delete {out_dir} and run `datacull embed` again") from None
+        if array.ndim != 2 or len(array) != len(frame):
+            raise DatacullError(f"the embeddings shard {table_path.with_suffix('.npy')} has shape {array.shape} for "
+                                f"{len(frame)} keys; delete {out_dir} and run `datacull embed` again")
         frames.append(frame)
-        arrays.append(np.load(table_path.with_suffix(".npy"), mmap_mode="r"))
+        arrays.append(array)
     if len(counts) != 1:
         raise DatacullError(f"{out_dir} mixes embeddings made with different shard.count values {sorted(counts)}; "
                             "delete the folder and embed again")
@@ -111,5 +119,8 @@ def load_embeddings(cfg: DictConfig) -> tuple[np.ndarray | StackedRows, pd.DataF
         missing = sorted(set(range(count)) - present)
         raise DatacullError(f"embeddings incomplete: shards {missing[:10]} of {count} are missing in {out_dir}; "
                             f"run `datacull embed shard.index=I shard.count={count}` for each")
+    from datacull.sharding import check_uniform_shards
+
+    check_uniform_shards([p.with_suffix(".npy") for p in tables], arrays)  # one error for mixed dims / dtypes
     table = pd.concat(frames, ignore_index=True)
     return (StackedRows(arrays) if len(arrays) > 1 else arrays[0]), table

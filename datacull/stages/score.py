@@ -1,8 +1,9 @@
 """The score stage: every configured metric, one DIFFICULTY column each, into scores.parquet.
 
 Columns: key, index, label, skip_reason, then per metric `{name}` (higher = harder) and any
-extra columns it reports (`{name}_se`, `ssp_cluster`, ...). Examples the embed stage could not
-decode are kept as rows with NaN scores and their skip_reason, so no key is lost.
+extra columns it reports (`{name}_se`, `ssp_cluster`, ...). Examples that cannot be decoded (or
+whose stored embedding holds NaN/inf) are kept as rows with NaN scores and their skip_reason, so no
+key is lost and no metric sees them.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from datacull.encoders.base import resolve_device
 from datacull.errors import DatacullError
 from datacull.metrics.context import ScoreContext
 from datacull.metrics.registry import get_metric
-from datacull.store import fingerprint, is_fresh, to_plain, write_parquet_atomic
+from datacull.rows import finite_rows
+from datacull.sharding import run_sharded_step, score_step
+from datacull.store import ensure_dir, fingerprint, is_fresh, to_plain, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +68,42 @@ def _embedding_inputs(cfg: DictConfig, source: DataSource) -> tuple[np.ndarray, 
             f"the embeddings in {layout.embeddings_dir(cfg)} ({len(table)} rows) do not match the dataset "
             f"({len(keys)} keys); delete that folder and run `datacull embed` again"
         )
+    errors = embedding_errors(rows, table, layout.embeddings_dir(cfg))
+    return rows, errors == "", errors
+
+
+def embedding_errors(rows, table: pd.DataFrame, folder: Path) -> np.ndarray:
+    """Per row of an embeddings table: "" where the embedding is usable, else why not (embed error or NaN/inf)."""
     errors = table["error"].fillna("").to_numpy(dtype=object)
-    valid = errors == ""
-    return rows, valid, errors
+    bad = (errors == "") & ~finite_rows(rows)
+    if bad.any():
+        log.warning(f"score: {int(bad.sum())} stored embeddings hold NaN/inf (first key: "
+                    f"{table['key'].iloc[int(np.argmax(bad))]}); those examples are skipped (re-embed: delete {folder})")
+        errors = errors.copy()
+        errors[bad] = "non-finite embedding (NaN/inf)"
+    return errors
+
+
+def full_column(values: np.ndarray, indices: np.ndarray, n: int) -> np.ndarray:
+    """A metric's column for all `n` rows: `values` at `indices`, NaN (floats) or -1 (integers) elsewhere."""
+    full = np.full(n, np.nan if values.dtype.kind == "f" else -1, dtype=values.dtype)
+    full[indices] = values
+    return full
+
+
+def scores_frame(keys, index: np.ndarray, labels: np.ndarray, reasons: np.ndarray, columns: dict) -> pd.DataFrame:
+    """The scores table: key, index, label, skip_reason, then the metric columns."""
+    return pd.DataFrame({"key": keys, "index": np.asarray(index, dtype=np.int64),
+                         "label": np.asarray(labels).astype(np.int64), "skip_reason": reasons.astype(str), **columns})
+
+
+def check_before_work(cfg: DictConfig, entries: list, source: DataSource) -> None:
+    """Settings that can be checked against the data size before any embedding or training (e.g. SSP's k)."""
+    if any(e.name == "ssp" for e in entries):
+        from datacull.metrics.prototypes import resolve_ssp_k
+
+        node = cfg.metric.get("ssp")
+        resolve_ssp_k(node.get("k", "auto") if node is not None else "auto", int(source.num_classes), len(source))
 
 
 def score(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
@@ -75,12 +111,18 @@ def score(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     entries = requested_metrics(cfg)
     out = layout.scores_path(cfg)
     fp = score_fingerprint(cfg, entries)
+    step = score_step(cfg, fp)  # sharded scoring (datacull.sharding): centroids / assign / merge, or None
+    if step in ("centroids", "assign"):
+        return run_sharded_step(cfg, step, entries, fp)
     if is_fresh(out, fp):
         log.info(f"score: {out} is up to date")
         return {"scores": out}
-    layout.experiment_dir(cfg).mkdir(parents=True, exist_ok=True)  # fail early if not writable
+    if step == "merge":
+        return run_sharded_step(cfg, step, entries, fp)
+    ensure_dir(layout.experiment_dir(cfg))  # fail early (one clear error) if the work dir is not writable
     source = source or build_source(cfg.data)
     n = len(source)
+    check_before_work(cfg, entries, source)
     reasons = np.full(n, "", dtype=object)
     loader = None
     if any(e.info["needs"] == "embeddings" for e in entries):
@@ -89,7 +131,10 @@ def score(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
         kept_rows = np.flatnonzero(valid)
         loader = (lambda: rows) if valid.all() else (lambda: np.asarray(rows[kept_rows], dtype=np.float32))
     else:
-        valid = np.ones(n, dtype=bool)
+        from datacull.stages.select import decode_errors
+
+        reasons = decode_errors(cfg, source).astype(object)  # undecodable images are skipped, not scored
+        valid = reasons == ""
     indices = np.flatnonzero(valid)
     ctx = ScoreContext(cfg=cfg, source=source, indices=indices, embeddings_loader=loader)
     columns: dict[str, np.ndarray] = {}
@@ -107,12 +152,9 @@ def score(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
             values = np.asarray(values)
             if values.shape != (len(indices),):
                 raise RuntimeError(f"metric {entry.name} returned {values.shape} for {len(indices)} examples")
-            full = np.full(n, np.nan if values.dtype.kind == "f" else -1, dtype=values.dtype)
-            full[indices] = values
-            columns[column] = full
+            columns[column] = full_column(values, indices, n)
         log.info(f"score: {entry.name} done ({_describe(columns[entry.name][indices])})")
-    frame = pd.DataFrame({"key": source.keys, "index": np.arange(n, dtype=np.int64),
-                          "label": source.labels.astype(np.int64), "skip_reason": reasons.astype(str), **columns})
+    frame = scores_frame(source.keys, np.arange(n), source.labels, reasons, columns)
     config = {"metrics": [e.name for e in entries],
               "metric": {e.name: to_plain(cfg.metric.get(e.name)) for e in entries},
               "data": to_plain(cfg.data), "seed": int(cfg.seed), "cost": cost}
