@@ -136,9 +136,17 @@ def train_spherical_kmeans(rows: np.ndarray, k: int, *, niter: int = 25, seed: i
     return best_centroids
 
 
-def nearest_centroid(rows: np.ndarray, centroids: np.ndarray, *, block_size: int = 65536,
+def nearest_centroid(rows: np.ndarray, centroids: np.ndarray, *, block_size: int = 131072,
                      gpu: bool = False, desc: str = "assign") -> tuple[np.ndarray, np.ndarray]:
-    """(cluster id int64, cosine similarity float32) of each row's nearest centroid, blockwise."""
+    """(cluster id int64, cosine similarity float32) of each row's nearest centroid, blockwise.
+
+    Each block of `rows` (any float dtype, possibly memory-mapped) is cast into one reused float32
+    buffer and L2-normalised in place with `faiss.normalize_L2` (zero rows stay zero), so the
+    per-block cost beyond faiss `search` is one cast-copy: no temporary arrays per block. Memory
+    beyond the map: one block_size x d float32 buffer. `gpu=True` searches on all faiss GPUs.
+    """
+    if block_size < 1:
+        raise DatacullError(f"block_size must be >= 1, got {block_size}")
     index = faiss.IndexFlatIP(centroids.shape[1])
     if gpu:
         index = faiss.index_cpu_to_all_gpus(index)
@@ -146,10 +154,14 @@ def nearest_centroid(rows: np.ndarray, centroids: np.ndarray, *, block_size: int
     n = len(rows)
     assign = np.empty(n, dtype=np.int64)
     similarity = np.empty(n, dtype=np.float32)
+    buffer = np.empty((min(block_size, max(n, 1)), centroids.shape[1]), dtype=np.float32)
     starts = range(0, n, block_size)
     for start in tqdm(starts, desc=desc, unit="block", leave=False, disable=len(starts) < 4):
-        block = l2_normalize(np.asarray(rows[start: start + block_size]))
+        stop = min(start + block_size, n)
+        block = buffer[: stop - start]
+        block[...] = rows[start:stop]
+        faiss.normalize_L2(block)
         sims, ids = index.search(block, 1)
-        assign[start: start + len(block)] = ids[:, 0]
-        similarity[start: start + len(block)] = sims[:, 0]
+        assign[start:stop] = ids[:, 0]
+        similarity[start:stop] = sims[:, 0]
     return assign, similarity

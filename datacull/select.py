@@ -177,12 +177,20 @@ def _as_result(out, n: int, budget: int, policy: str) -> PolicyResult:
     return result
 
 
-def check_budget(fraction, count) -> tuple[float | None, int | None]:
-    """`select.fraction` / `select.count` as numbers (count wins when set), or one clear error."""
+def check_budget(fraction, count, policy: str | None = None) -> tuple[float | str | None, int | None]:
+    """`select.fraction` / `select.count` as numbers (count wins when set), or one clear error.
+
+    `select.fraction=auto` is accepted (returned as "auto") only with `policy="auto"`, which
+    measures the fraction in a pilot (datacull/policies/auto.py)."""
     if count is not None:
         if isinstance(count, bool) or not isinstance(count, int):
             raise DatacullError(f"select.count must be a whole number of examples (or null), got {count!r}")
         return None, count
+    if fraction == "auto":
+        if policy != "auto":
+            raise DatacullError(f"select.fraction=auto needs select.policy=auto (it is chosen from the auto pilot); "
+                                f"with select.policy={policy} give a number in (0, 1]")
+        return "auto", None
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < float(fraction) <= 1:
         raise DatacullError(f"select.fraction must be in (0, 1], got {fraction!r}")
     return float(fraction), None

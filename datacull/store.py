@@ -7,11 +7,15 @@ same configuration (and skip the work) by comparing fingerprints.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datacull.errors import DatacullError
+from datacull.faults import kill_point
+
+log = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = b"datacull.fingerprint"
 CONFIG_KEY = b"datacull.config"
@@ -66,7 +73,8 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     """
     final = Path(final)
     ensure_dir(final.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
+    remove_stale_temps(final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(final), suffix=suffix + ".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -74,8 +82,10 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give artifacts the usual mode
+        kill_point("write")
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+        kill_point("commit")
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -88,10 +98,12 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     On any exception (KeyboardInterrupt included) the temporary folder is removed and an existing
     `final` is left untouched. The old folder is moved aside first and deleted only after the rename.
     Files directly in the folder get the usual umask modes (mkstemp/mkdtemp make them owner-only).
+    Two processes finishing together both succeed; the folder ends as one complete copy.
     """
     final = Path(final)
     ensure_dir(final.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    remove_stale_temps(final.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), suffix=".tmp", dir=final.parent))
     try:
         yield tmp
         umask = _umask()
@@ -100,19 +112,106 @@ def atomic_directory(final: Path) -> Iterator[Path]:
             _fsync_file(child)
         os.chmod(tmp, 0o777 & ~umask)
         _fsync_dir(tmp)
-        old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
-        if final.exists():
+        kill_point("swap")
+        _swap_in(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, final: Path, attempts: int = 1000) -> None:
+    """Rename folder `tmp` onto `final`, moving an existing `final` aside first and deleting it after.
+
+    Tolerates concurrent swappers: if another process moves `final` away first (FileNotFoundError)
+    or puts its own folder there between our two renames (ENOTEMPTY/EEXIST), it simply retries.
+    """
+    for _ in range(attempts):
+        old = final.parent / f"{_temp_prefix(final)}{uuid.uuid4().hex[:8]}.old"
+        try:
             os.rename(final, old)
+        except FileNotFoundError:
+            pass
         try:
             os.rename(tmp, final)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                shutil.rmtree(old, ignore_errors=True)  # a concurrent writer got in between: retry
+                continue
+            with contextlib.suppress(OSError):
+                os.rename(old, final)  # put the previous folder back
+            raise
         except BaseException:
-            if old.exists():
+            with contextlib.suppress(OSError):
                 os.rename(old, final)
             raise
         _fsync_dir(final.parent)
         shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    raise OSError(errno.EBUSY, f"could not swap {tmp} into {final}: other writers kept replacing it")
+
+
+_TEMP_NAME = re.compile(r"^\..+\.p(\d+)\.[^/]*\.(tmp|old)$")  # made by _temp_prefix
+_LEGACY_TEMP = re.compile(r"^\..+\.(tmp|old)$")
+_LEGACY_AGE_S = 3600.0
+
+
+def _temp_prefix(final: Path) -> str:
+    """Temporary names embed the writer's pid (`.NAME.p<pid>.`), so stale ones can be told apart."""
+    return f".{final.name}.p{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove temporaries of atomic writes in `directory` left by killed processes; return them.
+
+    A temporary (``.NAME.p<pid>.*.tmp`` file or folder, ``.NAME.p<pid>.*.old`` folder) is stale
+    when its writer pid is dead; live writers' temporaries are never touched. Temporaries without a
+    pid (older datacull versions) are removed once an hour old.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if not entry.name.startswith("."):
+            continue
+        match = _TEMP_NAME.match(entry.name)
+        if match:
+            pid = int(match.group(1))
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+        elif not _LEGACY_TEMP.match(entry.name):
+            continue
+        else:
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime < _LEGACY_AGE_S:
+                    continue
+            except OSError:
+                continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            pass  # another process cleaned it first
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EBUSY):
+                log.warning("could not remove stale temporary %s: %s", path, exc)
+            continue
+        removed.append(path)
+    return removed
 
 
 def _fsync_file(path: Path) -> None:

@@ -71,10 +71,14 @@ class ExampleDataset(torch.utils.data.Dataset):
 
 
 def make_loader(dataset: ExampleDataset, batch_size: int, num_workers: int = 0,
-                shuffle: bool = False, seed: int = 0, drop_last: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over `dataset` with a seeded shuffle and persistent workers when there are any."""
+                shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over `dataset` with a seeded shuffle and persistent workers when there are any.
+
+    `pin_memory=True` (for a CUDA consumer) returns page-locked batches so host-to-device copies
+    can be `non_blocking`."""
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator,
-        drop_last=drop_last, persistent_workers=num_workers > 0,
+        drop_last=drop_last, persistent_workers=num_workers > 0, pin_memory=pin_memory,
     )

@@ -56,14 +56,15 @@ def embed(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     encoder.prepare(source, ensure_dir(layout.encoder_cache_dir(cfg)), device)
     dataset = ExampleDataset(source, rows, size=encoder.input_size or configured_size(cfg.data.get("image_size")),
                              channels=encoder.input_channels, on_error=str(cfg.data.get("on_error", "skip")))
-    loader = make_loader(dataset, int(cfg.encoder.get("batch_size", 256)), int(cfg.encoder.get("num_workers", 0)))
+    loader = make_loader(dataset, int(cfg.encoder.get("batch_size", 256)), int(cfg.encoder.get("num_workers", 0)),
+                         pin_memory=device.type == "cuda")
     vectors = np.empty((len(rows), encoder.dim), dtype=_DTYPES[dtype_name])
     errors = [""] * len(rows)
     position = 0
     with torch.inference_mode():
         for images, _, _, batch_errors in progress(loader, desc=f"embed {cfg.encoder.name} shard {index}/{count}",
                                                    unit="batch", leave=False):
-            out = encoder.encode(images.to(device)).float().cpu().numpy()
+            out = encoder.encode(images.to(device, non_blocking=True)).float().cpu().numpy()
             vectors[position: position + len(out)] = out
             errors[position: position + len(out)] = list(batch_errors)
             position += len(out)

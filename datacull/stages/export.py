@@ -15,6 +15,7 @@ from datacull import layout
 from datacull.data.base import DataSource, build_source
 from datacull.errors import DatacullError
 from datacull.export import existing_export, export_selection, sha256_file
+from datacull.stages.select import resolve_policy
 from datacull.store import fingerprint, parquet_fingerprint, to_plain
 
 EXPORT_FORMAT_VERSION = 1
@@ -30,6 +31,7 @@ def export_fingerprint(cfg: DictConfig, selection_fp: str) -> str:
 
 def export(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     """Write the selection's kept examples to `layout.shards_dir(cfg)`; returns shards_dir, manifest, wids_index."""
+    cfg = resolve_policy(cfg)  # select.policy=auto: the pilot's choice (datacull/policies/auto.py)
     selection_path = layout.selection_path(cfg)
     if not selection_path.is_file():
         raise DatacullError(f"no selection at {selection_path}; run `datacull select` first")

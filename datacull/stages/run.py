@@ -14,7 +14,7 @@ from datacull.logs import current_log_file
 from datacull.report import class_balance, plot_examples, plot_selection
 from datacull.stages.export import export
 from datacull.stages.score import requested_metrics, score
-from datacull.stages.select import select
+from datacull.stages.select import resolve_policy, select
 from datacull.store import ensure_dir
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def run(cfg: DictConfig) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     if not cfg.select.get("scores"):
         paths.update(score(cfg, source))
+    cfg = resolve_policy(cfg)  # select.policy=auto: the pilot's choice (datacull/policies/auto.py)
     paths.update(select(cfg))
     paths.update(export(cfg))
     selection = pd.read_parquet(paths["selection"])

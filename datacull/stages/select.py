@@ -6,12 +6,14 @@ identity, so the jobs of a multirun never share a file) with key, index, label, 
 kept + pruned + skipped = all keys.
 
 Order of operations: undecodable examples are skipped; a NaN metric value of a decodable example is
-imputed (`select.missing_score=median`) or skipped (`skip`); the optional seeded random subset
+imputed (`select.missing_score=median`) or skipped (`skip`); near-duplicates are removed when
+`select.dedup.eps` is set (SemDeDup pre-filter, datacull/policies/semdedup.py); the optional seeded random subset
 (`select.subset_size`, nested across sizes) is drawn from the remaining pool; the policy then keeps
 `fraction x pool` of the subset. Ties are broken by a seeded random permutation.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 from datacull import layout
 from datacull.data.base import ArraySource, CorruptExample, DataSource, SubsetSource, build_source, skip_reason
 from datacull.errors import DatacullError
+from datacull.policies.semdedup import dedup_usable
 from datacull.select import (POLICIES, boundary_ties, budget_from, check_budget, hardness_order, policy_needs,
                              select_with_reasons)
 from datacull.store import fingerprint, is_fresh, parquet_config, parquet_fingerprint, to_plain, write_parquet_atomic
@@ -147,13 +150,18 @@ def subset_count(subset_size, pool: int) -> int:
     return int(subset_size)
 
 
-def select(cfg: DictConfig) -> dict[str, Path]:
-    """Apply `cfg.select` to the scores and write this selection's `selection.parquet`."""
+def select(cfg: DictConfig, auto: dict | None = None) -> dict[str, Path]:
+    """Apply `cfg.select` to the scores and write this selection's `selection.parquet`.
+
+    `select.policy=auto` first resolves the policy (and `select.fraction=auto`) from a pilot
+    (datacull/policies/auto.py); `auto` is that evidence, stored as the summary's `auto` entry."""
     sel = cfg.select
     POLICIES.get(str(sel.policy))  # unknown policy or budget: error before any work
-    check_budget(sel.get("fraction"), sel.get("count"))
+    check_budget(sel.get("fraction"), sel.get("count"), str(sel.policy))
     if str(sel.get("missing_score", "median")) not in ("median", "skip"):
         raise DatacullError(f"select.missing_score must be median or skip, not {sel.get('missing_score')!r}")
+    if str(sel.policy) == "auto":
+        return {"selection": layout.selection_path(resolve_policy(cfg))}
     scores, scores_fp = load_scores(cfg)
     metric = layout.selection_metric(cfg)
     values = score_column(scores, metric, "select.metric")
@@ -162,6 +170,10 @@ def select(cfg: DictConfig) -> dict[str, Path]:
     out = layout.selection_path(cfg)
     fp = fingerprint(scores_fp, layout.selection_identity(cfg))
     if is_fresh(out, fp):
+        stored = parquet_config(out)
+        if auto is not None and stored.get("summary", {}).get("auto") != json.loads(json.dumps(auto)):
+            stored.setdefault("summary", {})["auto"] = auto  # same kept set: only the evidence is added
+            write_parquet_atomic(out, pd.read_parquet(out), fp=fp, config=stored)
         log.info(f"select: {out} is up to date")
         return {"selection": out}
 
@@ -174,6 +186,8 @@ def select(cfg: DictConfig) -> dict[str, Path]:
     usable = np.flatnonzero(reasons == "")
     if len(usable) == 0:
         raise DatacullError(f"no example has a usable {metric} score; nothing to select")
+    scored = usable
+    usable = dedup_usable(cfg, scores, values, usable, reasons, seed)  # select.dedup pre-filter (semdedup)
     pool = usable
     subset_note = ""
     if sel.get("subset_size") is not None:
@@ -194,7 +208,7 @@ def select(cfg: DictConfig) -> dict[str, Path]:
     kept = np.zeros(len(scores), dtype=bool)
     kept[pool[keep_pool]] = True
     rank = np.full(len(scores), -1, dtype=np.int64)
-    rank[usable[hardness_order(values[usable], np.random.default_rng(seed))]] = np.arange(len(usable))
+    rank[scored[hardness_order(values[scored], np.random.default_rng(seed))]] = np.arange(len(scored))
     how = f"{sel.policy}{' class-balanced' if sel.class_balanced else ''} {budget}/{len(pool)}{subset_note} by {metric}"
     reasons[pool[keep_pool]] = f"kept: {how}"
     reasons[pool[~keep_pool]] = f"pruned: {how}"
@@ -211,16 +225,38 @@ def select(cfg: DictConfig) -> dict[str, Path]:
                     "class (the manifest's per_class lists before/after counts)")
     summary = {"metric": metric, "policy": str(sel.policy), "budget": int(budget), "pool": int(len(pool)),
                "emptied_classes": emptied,
-               "usable": int(len(usable)), "skipped": int(len(scores) - len(usable)), "imputed": int(imputed),
+               "usable": int(len(scored)), "skipped": int(len(scores) - len(scored)), "imputed": int(imputed),
+               "deduplicated": int(len(scored) - len(usable)),
                "seed": seed, "ties": {k: (float(v) if isinstance(v, (float, np.floating)) else int(v))
                                       for k, v in ties.items()}}
+    if auto is not None:
+        summary["auto"] = auto
     write_parquet_atomic(out, frame, fp=fp, config={"select": to_plain(sel), "metric": metric,
                                                      "scores_fingerprint": scores_fp,
                                                      "identity": layout.selection_identity(cfg), "summary": summary})
     _warn_ties(ties, float(sel.get("tie_warn_share", 0.05)), metric)
-    log.info(f"select: kept {budget}, pruned {len(usable) - budget}, skipped {len(scores) - len(usable)} "
+    log.info(f"select: kept {budget}, pruned {len(scored) - budget}, skipped {len(scores) - len(scored)} "
              f"({how}){f'; {imputed} NaN scores ranked as the median' if imputed else ''} -> {out}")
     return {"selection": out}
+
+
+def resolve_policy(cfg: DictConfig) -> DictConfig:
+    """`cfg` itself, or for `select.policy=auto` a copy with the policy (and `select.fraction=auto`)
+    chosen by the pilot (datacull/policies/auto.py; its runs are cached), after writing that
+    selection and its evidence (`auto.json`, `auto.csv`, `summary.auto`). Stages that use a
+    selection (train, export, run) call this first, so they see the concrete policy."""
+    if str(cfg.select.get("policy")) != "auto":
+        return cfg
+    from datacull.policies.auto import resolve_auto, write_evidence
+
+    check_budget(cfg.select.get("fraction"), cfg.select.get("count"), "auto")
+    scores, _ = load_scores(cfg)
+    usable = int((scores["skip_reason"].fillna("").astype(str) == "").sum())
+    size = cfg.select.get("subset_size")
+    resolved, evidence = resolve_auto(cfg, subset_count(size, usable) if size is not None else usable)
+    paths = select(resolved, auto=evidence)
+    write_evidence(paths["selection"].parent, evidence)
+    return resolved
 
 
 def emptied_classes(labels: np.ndarray, kept: np.ndarray) -> list[int]:

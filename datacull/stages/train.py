@@ -31,7 +31,7 @@ from datacull import layout
 from datacull.data.base import DataSource, build_source, check_labels
 from datacull.errors import DatacullError
 from datacull.results import read_row, write_row
-from datacull.stages.select import select
+from datacull.stages.select import resolve_policy, select
 from datacull.store import fingerprint, parquet_config, parquet_fingerprint, to_plain
 from datacull.training.trainer import indices_hash, predict_logits, train_identity, train_model
 
@@ -97,6 +97,7 @@ def full_test_source(cfg: DictConfig) -> DataSource:
 def train(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     """Select (or reuse the selection), train on the kept examples, evaluate, write the result row."""
     planned_epochs(cfg, 1, 1)  # a bad train.budget fails before any work
+    cfg = resolve_policy(cfg)  # select.policy=auto: the pilot's choice (datacull/policies/auto.py)
     selection_path = select(cfg)["selection"]
     selection = pd.read_parquet(selection_path)
     meta = parquet_config(selection_path)

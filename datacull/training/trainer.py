@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -193,8 +194,9 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (OSError, RuntimeError, KeyError) as exc:
-        raise DatacullError(f"cannot load model weights {path} ({exc}); delete {path.parent} and train again") from None
+    except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+        raise DatacullError(f"cannot load model weights {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                            f"delete {path.parent} and train again") from None
 
 
 def _save_torch(obj, path: Path) -> None:
@@ -393,8 +395,8 @@ def _resume(run_dir: Path, fp: str, model: nn.Module, optimizer: torch.optim.Opt
         return 0, [], None, {}
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        log.info(f"train: ignoring unreadable checkpoint {path} ({exc}); starting over")
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # damaged, or not weights-only
+        log.warning(f"train: ignoring unreadable checkpoint {path} ({type(exc).__name__}); starting over")
         return 0, [], None, {}
     info = _read_run(run_dir)
     if checkpoint.get("fingerprint") != fp or info.get("record") != record:

@@ -1,0 +1,145 @@
+"""Cluster-quota policies: density-based pruning (`dbp`) and equal per-cluster quotas (`cluster_balanced`).
+
+Both cluster the embeddings with spherical k-means (datacull.kmeans, cosine geometry), give each
+cluster a quota, and then apply a within-cluster rule to the difficulty scores
+(`within`: random | keep_hard | keep_easy).
+
+- dbp: Abbas, Rusak, Tirumala, Brendel, Chaudhuri & Morcos, ICLR 2024, "Effective pruning of
+  web-scale datasets based on complexity of concept clusters". Cluster complexity
+  C_j = d_intra_j * d_inter_j, where d_intra_j is the mean cosine distance of the cluster's members
+  to its centroid (spread) and d_inter_j the mean cosine distance of its centroid to the
+  `neighbours` nearest other centroids (isolation). Quotas are proportional to softmax(C / tau):
+  spread-out, isolated (complex) clusters keep more, tight redundant ones less.
+- cluster_balanced: the balanced sampling of Vo et al. 2024, "Automatic data curation for
+  self-supervised learning: a clustering-based approach" (facebookresearch/ssl-data-curation), flat
+  (one k-means level): an equal share per cluster; clusters smaller than their share are kept whole
+  and the leftover is shared among the others.
+
+Quotas never exceed a cluster's size (overflow is redistributed in proportion to the remaining
+clusters' weights) and sum exactly to the budget (largest remainders round the fractions).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from datacull.errors import DatacullError
+from datacull.kmeans import l2_normalize, nearest_centroid, train_spherical_kmeans
+from datacull.metrics.prototypes import resolve_ssp_k
+from datacull.select import POLICIES, PolicyResult, keep_easy, keep_hard, keep_random
+
+log = logging.getLogger(__name__)
+
+WITHIN_RULES = {"random": keep_random, "keep_hard": keep_hard, "keep_easy": keep_easy}
+
+
+def capped_quotas(weights: np.ndarray, sizes: np.ndarray, budget: int) -> np.ndarray:
+    """Integer quotas proportional to `weights`, each <= its cluster size, summing exactly to `budget`.
+
+    Clusters whose proportional share exceeds their size are kept whole and the overflow is shared
+    among the others in proportion to their weights (repeated until no share exceeds a size); the
+    fractional shares are then rounded by largest remainder."""
+    weights = np.asarray(weights, dtype=np.float64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if budget > sizes.sum():
+        raise DatacullError(f"cannot keep {budget} examples from clusters holding {int(sizes.sum())}")
+    share = np.zeros(len(sizes), dtype=np.float64)
+    full = sizes <= 0
+    while True:
+        open_ = ~full
+        remaining = budget - sizes[full & (sizes > 0)].sum()
+        w = np.where(open_, weights, 0.0)
+        share = np.where(full, np.maximum(sizes, 0), 0).astype(np.float64)
+        if w.sum() > 0:
+            share[open_] = remaining * w[open_] / w.sum()
+        over = open_ & (share >= sizes)
+        if not over.any():
+            break
+        full |= over
+    quotas = np.minimum(np.floor(share + 1e-9).astype(np.int64), sizes)
+    short = budget - int(quotas.sum())
+    if short > 0:
+        frac = np.where(quotas < sizes, share - quotas, -np.inf)
+        order = np.argsort(-frac, kind="stable")
+        for c in order:
+            if short == 0:
+                break
+            if quotas[c] < sizes[c]:
+                quotas[c] += 1
+                short -= 1
+    return quotas
+
+
+def cluster_rows(embeddings: np.ndarray, k, seed: int, niter: int = 25) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cluster id per row, cosine similarity to its centroid, unit centroids) of spherical k-means.
+
+    `k` is an int or `auto` (as metric.ssp.k without classes: round(sqrt(N/2)), capped)."""
+    n = len(embeddings)
+    k = resolve_ssp_k(k, 0, n)
+    if k > n:
+        raise DatacullError(f"k={k} clusters for {n} examples; lower the policy's k")
+    centroids = train_spherical_kmeans(embeddings, k, niter=int(niter), seed=int(seed))
+    ids, sims = nearest_centroid(embeddings, centroids, desc="cluster")
+    return ids, sims, centroids
+
+
+def cluster_complexity(ids: np.ndarray, sims: np.ndarray, centroids: np.ndarray, neighbours: int) -> np.ndarray:
+    """DBP complexity d_intra * d_inter per cluster (cosine distances; empty clusters get 0)."""
+    k = len(centroids)
+    sizes = np.bincount(ids, minlength=k)
+    intra = np.bincount(ids, weights=1.0 - sims.astype(np.float64), minlength=k) / np.maximum(sizes, 1)
+    if k == 1:
+        return intra
+    unit = l2_normalize(centroids).astype(np.float64)
+    dist = 1.0 - unit @ unit.T
+    np.fill_diagonal(dist, np.inf)
+    m = max(1, min(int(neighbours), k - 1))
+    inter = np.sort(dist, axis=1)[:, :m].mean(axis=1)
+    return np.where(sizes > 0, intra * inter, 0.0)
+
+
+def _quota_policy(scores, budget, rng, embeddings, weights_fn, *, k, within, niter, name):
+    n = len(scores)
+    if within not in WITHIN_RULES:
+        raise DatacullError(f"select.{name}.within must be one of {sorted(WITHIN_RULES)}, got {within!r}")
+    ids, sims, centroids = cluster_rows(embeddings, k, seed=int(rng.integers(2**31 - 1)), niter=niter)
+    sizes = np.bincount(ids, minlength=len(centroids))
+    quotas = capped_quotas(weights_fn(ids, sims, centroids, sizes), sizes, budget)
+    keep = np.zeros(n, dtype=bool)
+    reasons = np.full(n, "", dtype=object)
+    rule = WITHIN_RULES[within]
+    for c in np.flatnonzero(sizes):
+        members = np.flatnonzero(ids == c)
+        keep[members[rule(np.asarray(scores)[members], int(quotas[c]), rng)]] = True
+        pruned = members[~keep[members]]
+        reasons[pruned] = f"pruned: cluster {c} quota {int(quotas[c])}/{int(sizes[c])}"
+    log.info("%s: %d clusters, quotas %d..%d, kept %d of %d (within=%s)", name, len(centroids),
+             int(quotas.min()), int(quotas.max()), budget, n, within)
+    return PolicyResult(keep, reasons)
+
+
+@POLICIES.register("dbp", "density-based pruning: cluster quotas from softmax(complexity / tau)",
+                   needs="embeddings")
+def density_based_pruning(scores: np.ndarray, budget: int, rng: np.random.Generator, *, embeddings: np.ndarray,
+                          k="auto", tau: float = 0.1, neighbours: int = 20, within: str = "random",
+                          niter: int = 25, **_) -> PolicyResult:
+    """Keep `budget` examples by DBP (Abbas et al. 2024): per-cluster quotas from complexity softmax."""
+    if float(tau) <= 0:
+        raise DatacullError(f"select.dbp.tau must be > 0, got {tau}")
+
+    def weights(ids, sims, centroids, sizes):
+        c = cluster_complexity(ids, sims, centroids, neighbours) / float(tau)
+        w = np.exp(c - c[sizes > 0].max())
+        return np.where(sizes > 0, w, 0.0)
+
+    return _quota_policy(scores, budget, rng, embeddings, weights, k=k, within=within, niter=niter, name="dbp")
+
+
+@POLICIES.register("cluster_balanced", "equal quota per embedding cluster (ssl-data-curation balanced sampling)",
+                   needs="embeddings")
+def cluster_balanced(scores: np.ndarray, budget: int, rng: np.random.Generator, *, embeddings: np.ndarray,
+                     k="auto", within: str = "random", niter: int = 25, **_) -> PolicyResult:
+    """Keep `budget` examples with an equal share per k-means cluster (Vo et al. 2024, flat)."""
+    return _quota_policy(scores, budget, rng, embeddings, lambda ids, sims, c, sizes: (sizes > 0).astype(float),
+                         k=k, within=within, niter=niter, name="cluster_balanced")

@@ -1,0 +1,64 @@
+"""dbp and cluster_balanced (datacull/policies/density.py): quotas, direction, within-cluster rules."""
+import numpy as np
+import pytest
+
+from datacull.errors import DatacullError
+from datacull.policies.density import capped_quotas
+from datacull.select import select_with_reasons
+
+
+def planted(sizes, spreads, d=32, seed=0):
+    """Clusters around orthogonal directions with the given sizes and noise levels."""
+    rng = np.random.default_rng(seed)
+    rows = [np.eye(d)[c] * 10 + rng.normal(0, s, (n, d)) for c, (n, s) in enumerate(zip(sizes, spreads))]
+    return np.concatenate(rows).astype(np.float32), np.repeat(np.arange(len(sizes)), sizes)
+
+
+def test_capped_quotas_sum_to_budget_and_respect_sizes():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sizes = rng.integers(0, 50, rng.integers(1, 12))
+        if sizes.sum() == 0:
+            continue
+        budget = int(rng.integers(0, sizes.sum() + 1))
+        q = capped_quotas(rng.random(len(sizes)) ** 3, sizes, budget)
+        assert q.sum() == budget and (q <= sizes).all() and (q >= 0).all()
+    assert list(capped_quotas(np.ones(3), np.array([2, 100, 100]), 60)) == [2, 29, 29]
+    with pytest.raises(DatacullError):
+        capped_quotas(np.ones(2), np.array([1, 1]), 3)
+
+
+def test_dbp_keeps_more_of_the_spread_cluster():
+    rows, truth = planted([200, 200], [0.2, 2.0])
+    keep = select_with_reasons(np.zeros(400), np.zeros(400), 200, "dbp", embeddings=rows, k=2, tau=0.1).keep
+    assert keep.sum() == 200
+    assert keep[truth == 1].sum() > keep[truth == 0].sum() + 20
+
+
+def test_cluster_balanced_gives_equal_quotas_up_to_sizes():
+    rows, truth = planted([20, 200, 200], [0.3, 0.3, 0.3])
+    result = select_with_reasons(np.zeros(420), np.zeros(420), 120, "cluster_balanced", embeddings=rows, k=3)
+    assert sorted(int(result.keep[truth == c].sum()) for c in range(3)) == [20, 50, 50]
+    pruned = result.reasons[~result.keep]
+    assert all(r.startswith("pruned: cluster ") and r.endswith("/200") and "quota 50/" in r for r in pruned)
+
+
+@pytest.mark.parametrize("policy", ["dbp", "cluster_balanced"])
+def test_within_rule_deterministic_exact(policy):
+    rows, truth = planted([60, 90, 150], [0.5, 1.0, 1.5], seed=1)
+    scores = np.random.default_rng(5).random(300)
+    kw = dict(embeddings=rows, k=3, seed=4)
+    hard = select_with_reasons(scores, np.zeros(300), 100, policy, within="keep_hard", **kw).keep
+    easy = select_with_reasons(scores, np.zeros(300), 100, policy, within="keep_easy", **kw).keep
+    for c in range(3):
+        members = truth == c
+        assert scores[members & hard].min() > scores[members & ~hard].max()
+        assert scores[members & easy].max() < scores[members & ~easy].min()
+    a = select_with_reasons(scores, np.zeros(300), 100, policy, **kw)
+    b = select_with_reasons(scores, np.zeros(300), 100, policy, **kw)
+    assert a.keep.sum() == 100 and (a.keep == b.keep).all() and (a.reasons == b.reasons).all()
+    labels = np.arange(300) % 2
+    cb = select_with_reasons(scores, labels, 100, policy, class_balanced=True, **kw).keep
+    assert [int(cb[labels == c].sum()) for c in (0, 1)] == [50, 50]
+    with pytest.raises(DatacullError):
+        select_with_reasons(scores, np.zeros(300), 100, policy, within="hardest", **kw)
