@@ -15,8 +15,8 @@ rule, the epochs and the optimizer steps actually taken.
 """
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import math
 import time
 from pathlib import Path
