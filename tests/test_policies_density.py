@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from datacull.errors import DatacullError
-from datacull.policies.density import capped_quotas
+from datacull.policies.density import capped_quotas, projected_quotas
 from datacull.select import select_with_reasons
 
 
@@ -30,7 +30,8 @@ def test_capped_quotas_sum_to_budget_and_respect_sizes():
 
 def test_dbp_keeps_more_of_the_spread_cluster():
     rows, truth = planted([200, 200], [0.2, 2.0])
-    keep = select_with_reasons(np.zeros(400), np.zeros(400), 200, "dbp", embeddings=rows, k=2, tau=0.1).keep
+    keep = select_with_reasons(np.zeros(400), np.zeros(400), 200, "dbp", embeddings=rows, k=2, tau=0.1,
+                               min_share=0.0).keep
     assert keep.sum() == 200
     assert keep[truth == 1].sum() > keep[truth == 0].sum() + 20
 
@@ -47,7 +48,7 @@ def test_cluster_balanced_gives_equal_quotas_up_to_sizes():
 def test_within_rule_deterministic_exact(policy):
     rows, truth = planted([60, 90, 150], [0.5, 1.0, 1.5], seed=1)
     scores = np.random.default_rng(5).random(300)
-    kw = dict(embeddings=rows, k=3, seed=4)
+    kw = dict(embeddings=rows, k=3, seed=4, **({"difficulty": "scores"} if policy == "dbp" else {}))
     hard = select_with_reasons(scores, np.zeros(300), 100, policy, within="keep_hard", **kw).keep
     easy = select_with_reasons(scores, np.zeros(300), 100, policy, within="keep_easy", **kw).keep
     for c in range(3):
@@ -62,3 +63,41 @@ def test_within_rule_deterministic_exact(policy):
     assert [int(cb[labels == c].sum()) for c in (0, 1)] == [50, 50]
     with pytest.raises(DatacullError):
         select_with_reasons(scores, np.zeros(300), 100, policy, within="hardest", **kw)
+
+
+def test_projected_quotas_solve_the_reference_qp():
+    # the reference (amro-kamal/effective_pruning, pruning_qp) solves min ||x - t||^2, sum x = budget,
+    # lower <= x <= upper with a QP solver; check against scipy's solver on random cases, then the bounds
+    from scipy.optimize import minimize
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        sizes = rng.integers(1, 60, rng.integers(2, 9))
+        budget = int(rng.integers(sizes.size, sizes.sum()))
+        target = rng.dirichlet(np.ones(len(sizes)) * 0.3) * budget
+        lower = np.minimum(int(budget / len(sizes) * 0.5), sizes - 1)
+        got = projected_quotas(target, lower, sizes, budget)
+        assert got.sum() == budget and (got >= lower).all() and (got <= sizes).all()
+        qp = minimize(lambda x: ((x - target) ** 2).sum(), np.clip(target, lower, sizes), method="SLSQP",
+                      bounds=list(zip(lower, sizes)), constraints=[{"type": "eq", "fun": lambda x: x.sum() - budget}],
+                      options={"ftol": 1e-12, "maxiter": 500})
+        assert np.abs(got - qp.x).max() <= 1.0 + 1e-6  # integer rounding of the same optimum
+    with pytest.raises(DatacullError, match="min_share"):
+        projected_quotas(np.ones(2), np.array([5, 5]), np.array([9, 9]), 8)
+
+
+def test_dbp_reference_defaults_keep_hard_by_distance_to_the_cluster_centroid_with_a_floor():
+    rows, truth = planted([300, 300, 30], [0.2, 2.0, 0.2], seed=2)
+    scores = np.random.default_rng(1).random(len(rows))  # ignored by the default difficulty=centroid
+    result = select_with_reasons(scores, np.zeros(len(rows)), 150, "dbp", embeddings=rows, k=3)
+    keep = result.keep
+    assert keep.sum() == 150
+    assert all(keep[truth == c].sum() >= min(int(150 / 3 * 0.5), (truth == c).sum() - 1) for c in range(3))
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    for c in range(3):
+        members = truth == c
+        centre = unit[members].mean(axis=0)
+        dist = 1 - unit @ (centre / np.linalg.norm(centre))
+        if 0 < (members & keep).sum() < members.sum():
+            assert np.median(dist[members & keep]) > np.median(dist[members & ~keep])
+    with pytest.raises(DatacullError, match="difficulty"):
+        select_with_reasons(scores, np.zeros(len(rows)), 150, "dbp", embeddings=rows, k=3, difficulty="loss")

@@ -8,9 +8,10 @@ from omegaconf import OmegaConf
 from datacull import layout
 from datacull.data.base import ArraySource
 from datacull.errors import DatacullError
-from datacull.kmeans import kmeans_plusplus_unit, l2_normalize, nearest_centroid, train_spherical_kmeans
+from datacull.kmeans import (INIT_SAMPLE, cast_into, init_rows, kmeans_plusplus_unit, l2_normalize, nearest_centroid,
+                             train_spherical_kmeans)
 from datacull.metrics.context import ScoreContext
-from datacull.metrics.prototypes import resolve_ssp_k, ssp, supervised_prototypes
+from datacull.metrics.prototypes import resolve_ssp_k, ssp, ssp_identity, supervised_prototypes
 
 
 def _blobs(rng, n_per=100, d=16, k=4):
@@ -187,7 +188,7 @@ def test_nredo_keeps_the_restart_with_the_lowest_objective():
 
 
 @pytest.mark.parametrize("kwargs, match", [({"init": "forgy"}, "unknown k-means init"), ({"nredo": 0}, "nredo"),
-                                           ({"local_trials": 0}, "local_trials")])
+                                           ({"local_trials": 0}, "local_trials"), ({"init_sample": 0}, "init_sample")])
 def test_bad_kmeans_settings_are_clear_errors(rng, kwargs, match):
     rows, _ = _blobs(rng)
     with pytest.raises(DatacullError, match=match):
@@ -200,3 +201,41 @@ def test_ssp_k_defaults_auto_and_the_paper_config_uses_the_imagenet_value():
     assert compose([]).metric.ssp.k == "auto"
     paper = compose(["metric=paper"]).metric.ssp
     assert paper.k == 1000 and paper.init == "kmeans++"
+
+
+def test_init_rows_seed_from_the_whole_sample_for_small_k_and_a_bounded_subsample_for_large_k():
+    assert init_rows(10 * 256, 10, INIT_SAMPLE) == 2560  # small k: the whole k-means sample
+    assert init_rows(100 * 256, 100, INIT_SAMPLE) == INIT_SAMPLE
+    assert init_rows(5000 * 256, 5000, INIT_SAMPLE) == 16 * 5000  # at least 16 rows per centroid
+    assert init_rows(100 * 256, 100, None) == 25600
+
+
+def test_kmeanspp_on_the_init_subsample_still_seeds_every_separated_cluster():
+    # 120 well-separated clusters: the k-means sample (120 * 256 = 30,720 rows) is larger than the
+    # seeding subsample (16,384 rows); every true cluster must still get a centroid
+    rng = np.random.default_rng(4)
+    centers = l2_normalize(rng.normal(size=(120, 32)))
+    labels = rng.integers(0, 120, size=40_000)
+    rows = centers[labels] + 0.02 * rng.normal(size=(len(labels), 32)).astype(np.float32)
+    centroids = train_spherical_kmeans(rows, 120, seed=0, niter=5)
+    assert init_rows(120 * 256, 120, INIT_SAMPLE) < 120 * 256
+    nearest_center = (centroids @ centers.T).argmax(axis=1)
+    assert len(set(nearest_center.tolist())) == 120
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64, np.int16])
+def test_cast_into_equals_numpy_cast_also_from_a_read_only_memory_map(tmp_path, dtype):
+    values = (np.random.default_rng(0).normal(size=(300, 7)) * 100).astype(dtype)
+    np.save(tmp_path / "x.npy", values)
+    rows = np.load(tmp_path / "x.npy", mmap_mode="r")
+    out = np.empty((200, 7), np.float32)
+    cast_into(out, rows[100:])
+    np.testing.assert_array_equal(out, values[100:].astype(np.float32))
+
+
+def test_ssp_fingerprint_leaves_out_only_a_default_init_sample():
+    base = {"k": 10, "init": "kmeans++", "local_trials": 20}
+    assert ssp_identity({**base, "init_sample": INIT_SAMPLE}) == base  # scores computed before stay valid
+    assert ssp_identity({**base, "init_sample": 4096})["init_sample"] == 4096
+    assert ssp_identity({**base, "init_sample": None})["init_sample"] is None
+    assert "init_sample" not in ssp_identity({**base, "init": "random", "init_sample": 4096})

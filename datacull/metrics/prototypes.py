@@ -12,7 +12,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from datacull.errors import DatacullError
-from datacull.kmeans import l2_normalize, nearest_centroid, train_spherical_kmeans, use_faiss_gpu
+from datacull.kmeans import INIT_SAMPLE, l2_normalize, nearest_centroid, train_spherical_kmeans, use_faiss_gpu
 from datacull.metrics.context import ScoreContext
 from datacull.metrics.registry import register_metric
 from datacull.rows import finite_rows
@@ -85,11 +85,27 @@ def fit_ssp_centroids(rows, params: DictConfig, num_classes: int, seed: int,
     k = resolve_ssp_k(params.get("k", "auto"), num_classes, len(rows))
     gpu = use_faiss_gpu(params.get("gpu", "auto"), device)
     trials = params.get("local_trials", 20)
+    init_sample = params.get("init_sample", INIT_SAMPLE)
     centroids = train_spherical_kmeans(rows, k, niter=int(params.get("niter", 25)), seed=seed, gpu=gpu,
                                        max_points_per_centroid=int(params.get("max_points_per_centroid", 256)),
                                        init=str(params.get("init", "kmeans++")), nredo=int(params.get("nredo", 1)),
-                                       local_trials=None if trials is None else int(trials))
+                                       local_trials=None if trials is None else int(trials),
+                                       init_sample=None if init_sample is None else int(init_sample))
     return k, centroids, gpu
+
+
+def ssp_identity(params: dict) -> dict:
+    """SSP's settings as they enter the score fingerprint: `init_sample` only where it is not the default.
+
+    The default seeding subsample (`datacull.kmeans.INIT_SAMPLE`) is part of the algorithm, like the
+    rest of datacull's k-means code, so scores computed before the setting existed stay valid; a
+    non-default value, or `null` (seed from the whole sample), changes the fingerprint. With
+    `init: random` there is no seeding and the setting is always left out.
+    """
+    identity = dict(params)
+    if identity.get("init", "kmeans++") == "random" or identity.get("init_sample", INIT_SAMPLE) == INIT_SAMPLE:
+        identity.pop("init_sample", None)
+    return identity
 
 
 def ssp_columns(rows, centroids: np.ndarray, k: int, params: DictConfig, gpu: bool) -> dict[str, np.ndarray]:

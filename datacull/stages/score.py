@@ -21,6 +21,7 @@ from datacull.data.base import DataSource, build_source
 from datacull.encoders.base import resolve_device
 from datacull.errors import DatacullError
 from datacull.metrics.context import ScoreContext
+from datacull.metrics.prototypes import ssp_identity
 from datacull.metrics.registry import get_metric
 from datacull.rows import finite_rows
 from datacull.sharding import run_sharded_step, score_step
@@ -39,12 +40,18 @@ def requested_metrics(cfg: DictConfig) -> list:
     return [get_metric(str(name)) for name in names]
 
 
+def metric_identity(cfg: DictConfig, name: str) -> dict | None:
+    """The metric's settings as they enter the score fingerprint (see `ssp_identity`)."""
+    params = to_plain(cfg.metric.get(name))
+    return ssp_identity(params) if name == "ssp" and isinstance(params, dict) else params
+
+
 def score_fingerprint(cfg: DictConfig, entries: list) -> str:
     """Fingerprint of everything the scores depend on."""
     needs = {e.info["needs"] for e in entries}
     return fingerprint(
         layout.data_identity(cfg.data), cfg.seed, [e.name for e in entries],
-        {e.name: to_plain(cfg.metric.get(e.name)) for e in entries},
+        {e.name: metric_identity(cfg, e.name) for e in entries},
         layout.encoder_identity(cfg.encoder) if "embeddings" in needs else None,
         [to_plain(cfg.model), to_plain(cfg.train)] if "training" in needs else None,
     )
