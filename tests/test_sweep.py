@@ -154,3 +154,15 @@ def test_killed_sweep_resumes_without_retraining(make_cfg, monkeypatch):
     results = load_results([paths["results"]])
     assert len(results) == 6 and set(results["subset_size"]) == {64, 128}
     assert (results.loc[results.fraction == 0.5, "n_train"] == results.loc[results.fraction == 0.5, "subset_size"] // 2).all()
+
+
+def test_results_csv_holds_only_the_current_grid_after_a_setting_changes(make_cfg):
+    from datacull.stages import sweep as sweep_stage
+
+    grid = ["sweep.metrics=[ssp]", "sweep.policies=[dbp]", "sweep.fractions=[0.5]", "sweep.sizes=[null]",
+            "sweep.report=false", "data.limit=96", "select.dbp.k=3", *TINY_TRAIN]
+    first = load_results([sweep_stage.sweep(make_cfg(*grid))["results"]])
+    changed = load_results([sweep_stage.sweep(make_cfg(*grid, "select.dbp.min_share=0.0"))["results"]])
+    rows_on_disk = load_results([layout.results_rows_dir(make_cfg(*grid))])
+    assert len(first) == len(changed) == 1 and len(rows_on_disk) == 2  # the old row is kept on disk ...
+    assert changed["run_id"].iloc[0] != first["run_id"].iloc[0]  # ... but only the new one is in results.csv

@@ -52,8 +52,8 @@ def _run_job(cfg: DictConfig, job: SweepJob, threads: int) -> dict:
     return {"job": job, "row": str(paths["row"])}
 
 
-def _is_done(cfg: DictConfig, job: SweepJob) -> bool:
-    """True when the job's result row exists (cheap: selection + run identity, no training)."""
+def _job_run_id(cfg: DictConfig, job: SweepJob) -> str:
+    """The run id the job's result row is stored under (cheap: selection + run identity, no training)."""
     from datacull.stages.select import select
     from datacull.stages.train import planned_epochs, run_id
     from datacull.store import parquet_config, parquet_fingerprint
@@ -62,7 +62,12 @@ def _is_done(cfg: DictConfig, job: SweepJob) -> bool:
     path = select(job_cfg)["selection"]
     summary = parquet_config(path).get("summary", {})
     epochs = planned_epochs(job_cfg, int(summary.get("budget", 1)), int(summary.get("pool", 1)))
-    return read_row(layout.results_rows_dir(job_cfg), run_id(job_cfg, parquet_fingerprint(path) or "", epochs)) is not None
+    return run_id(job_cfg, parquet_fingerprint(path) or "", epochs)
+
+
+def _is_done(cfg: DictConfig, job: SweepJob) -> bool:
+    """True when the job's result row exists."""
+    return read_row(layout.results_rows_dir(job_config(cfg, job)), _job_run_id(cfg, job)) is not None
 
 
 def sweep(cfg: DictConfig) -> dict[str, Path]:
@@ -100,6 +105,13 @@ def sweep(cfg: DictConfig) -> dict[str, Path]:
             bar.update()
     bar.close()
     results = load_results([layout.results_rows_dir(cfg)])
+    # rows of runs outside the current grid (e.g. made before a policy setting changed) stay on disk
+    # but not in results.csv, so the report never averages two versions of one grid point
+    in_grid = results["run_id"].isin({_job_run_id(cfg, job) for job in jobs})
+    if not in_grid.all():
+        log.info(f"sweep: {int((~in_grid).sum())} result rows of runs outside the current grid (earlier settings) "
+                 f"left out of results.csv; they stay in {layout.results_rows_dir(cfg)}")
+    results = results[in_grid].reset_index(drop=True)
     paths["results"] = write_results_csv(results, layout.experiment_dir(cfg) / "results.csv")
     log.info(f"sweep: {len(results)} result rows -> {paths['results']}")
     if bool(cfg.sweep.get("report", True)):
