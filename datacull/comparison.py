@@ -44,6 +44,8 @@ INTERVALS = ("t", "bootstrap")
 UNPRUNED = "all"
 REFERENCE = "random"
 _TOL = 1e-9
+# policies that rank by one score and cut (Sorscher et al.): the panels of the metric comparison
+RANKING_POLICIES = ("keep_hard", "keep_easy", "keep_hard (balanced)", "keep_easy (balanced)")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 
 
@@ -126,7 +128,7 @@ def metric_order(results: pd.DataFrame) -> list[str]:
 def policy_order(results: pd.DataFrame) -> list[str]:
     """The policy labels of a results table, keep_hard and keep_easy first (unpruned excluded)."""
     labels = sorted(set(results["policy_label"]) - {UNPRUNED})
-    first = [p for p in ("keep_hard", "keep_easy", "keep_hard (balanced)", "keep_easy (balanced)") if p in labels]
+    first = [p for p in RANKING_POLICIES if p in labels]
     return first + [p for p in labels if p not in first]
 
 
@@ -723,11 +725,11 @@ def plot_comparison(curves: pd.DataFrame, path: Path, title: str = "", level: fl
     present = set(curves[line_key])
     lines = [m for m in [REFERENCE] + sorted(present - {REFERENCE}) if m in present]
     colors = metric_colors(lines)
-    panels = [p for p in ("keep_hard", "keep_easy", "keep_hard (balanced)", "keep_easy (balanced)")
-              if p in set(curves[panel_key])]
+    panels = [p for p in RANKING_POLICIES if p in set(curves[panel_key])]
     panels += sorted(set(curves[panel_key]) - set(panels))
     sizes = sorted(set(curves["subset_size"]))
-    fig, axes = plt.subplots(len(sizes), len(panels), figsize=(4.6 * len(panels) + 0.8, 3.4 * len(sizes) + 1.0),
+    # room for the legend beside the panels, and for a two-line title above a single panel
+    fig, axes = plt.subplots(len(sizes), len(panels), figsize=(4.6 * len(panels) + 2.4, 3.4 * len(sizes) + 1.2),
                              squeeze=False, sharey="row", sharex=True, layout="constrained")
     fr = sorted(set(curves["fraction"]))
     span = (max(fr) - min(fr)) if len(fr) > 1 else 1.0
@@ -776,7 +778,7 @@ def plot_comparison(curves: pd.DataFrame, path: Path, title: str = "", level: fl
                 handles.append(h)
                 names.append(n)
     order = [names.index(m) for m in lines if m in names]
-    fig.legend([handles[i] for i in order], [names[i] for i in order], loc="outside right upper",
+    fig.legend([handles[i] for i in order], [names[i] for i in order], loc="outside right center",
                fontsize=9, frameon=False, title=by)
     seeds = int(curves["n_seeds"].max())
     note = (f"bars: {int(level * 100)}% interval over {seeds} seeds (clipped at the panel edge)" if seeds > 1
@@ -814,8 +816,7 @@ def plot_class_balance(balance: pd.DataFrame, path: Path, title: str = "", empty
     """
     if balance.empty:
         raise DatacullError("no per-class counts in the results (kept_per_class / pool_per_class)")
-    labels = [p for p in ("keep_hard", "keep_easy", "keep_hard (balanced)", "keep_easy (balanced)")
-              if p in set(balance["policy_label"])]
+    labels = [p for p in RANKING_POLICIES if p in set(balance["policy_label"])]
     labels += sorted(set(balance["policy_label"]) - set(labels))
     classes = balance.drop_duplicates("class_index").sort_values("class_index")["class"].tolist()
     n_cls = len(classes)

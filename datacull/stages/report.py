@@ -290,10 +290,13 @@ def build_report(raw: pd.DataFrame, scores: Path | None, out_dir: Path, opts: Di
             # (c) Figure 5A
             doc.heading("(c) Metric comparison: accuracy vs fraction kept (Figure 5A)", 3)
             curves = cmp.accuracy_curves(rows, method, level)
-            p = cmp.plot_comparison(curves, out_dir / f"compare_{slug}.png", title, level, dpi)
-            paths[f"compare_{slug}"] = p
-            doc.figure(p, f"Test accuracy against fraction kept, one line per metric, random in black; bars: "
-                          f"{int(level * 100)}% intervals over seeds.")
+            # one panel per ranking policy here; every other policy is drawn in (c') below
+            ranking = curves[curves["policy_label"].isin(cmp.RANKING_POLICIES)]
+            if not ranking.empty:
+                p = cmp.plot_comparison(ranking, out_dir / f"compare_{slug}.png", title, level, dpi)
+                paths[f"compare_{slug}"] = p
+                doc.figure(p, f"Test accuracy against fraction kept, one line per metric, random in black; bars: "
+                              f"{int(level * 100)}% intervals over seeds.")
             doc.para(f"Difference to random, in accuracy percentage points (metric minus random at the same "
                      f"policy, subset size and fraction; positive = better than random), with "
                      f"{int(level * 100)}% intervals over seeds (column interval says how each was computed).")
