@@ -11,9 +11,18 @@ subprocess so that its peak RSS (resource.getrusage ru_maxrss) is its own:
   blocks already converted to unit float32 (the cost of the per-block cast + normalisation);
 - `growth`: SSP scoring time at 10^4, 10^5, 10^6 rows (k = 100).
 
+Groups `embed`, `export`, `wds` (one process, side by side; `--only` picks groups, and without `ssp`
+only their section of --out is replaced):
+- `embed`: the embed stage on a wds source of 64 x 64 JPEGs (read, decode, batch, forward, write) vs
+  `encoder.encode` on the same images pre-decoded into uint8 tensors; timm resnet18 and pixels PCA;
+- `export`: `export_selection` of half a wds source vs a bare `tarfile` writer of the same members,
+  with the PIL encode count and a byte comparison of the image members with the input's;
+- `wds`: first open of 1,000 shards (tar headers read, `data.index_cache` written) vs the re-open.
+
 GPU figures are not measured by this script on a CPU-only machine (see scripts/gpu_smoke.sh).
 
     nice -n 10 env OMP_NUM_THREADS=2 .venv/bin/python scripts/bench.py [--quick] [--out BENCHMARKS.md]
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/bench.py --quick --only embed,export,wds
 """
 from __future__ import annotations
 
@@ -124,6 +133,275 @@ def run_case(name: str, path: Path, k: int) -> dict:
     return result
 
 
+# ------------------------------------------------------------ embed / export / wds open (issue #11)
+# Each group is measured side by side in one process: datacull's path vs the bare operation on the
+# same data. Sizes: (quick, full); full = the issue's sizes (1,000 shards of ImageNet's 1,281,167).
+PIPELINE_GROUPS = ("embed", "export", "wds")
+PIPELINE_HEADING = "## Embed pipeline, export and wds open (vs bare)"
+EMBED_IMAGES = (512, 5_000)  # 64 x 64 RGB JPEGs in wds shards
+EXPORT_SAMPLES = (10_000, 100_000)  # 64 x 64 RGB JPEGs in wds shards, half of them kept
+WDS_SHARDS, WDS_PER_SHARD = 1_000, (20, 1_282)  # 1,000 x 1,282 >= 1,281,167 samples
+
+
+def _jpeg_bytes(count: int, side: int = 64, seed: int = 0) -> list[bytes]:
+    """`count` distinct JPEGs (quality 90) of smooth colour gradients plus noise, like small photos."""
+    import io
+
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, side, dtype=np.float32)
+    out = []
+    for _ in range(count):
+        a, b, c = rng.uniform(0, 255, (3, 3))
+        image = (a * ramp[:, None, None] + b * ramp[None, :, None] + c * 0.5) / 2
+        image = np.clip(image + rng.normal(0, 12, (side, side, 3)), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _write_shards(directory: Path, samples: list[tuple[str, bytes, str, int]], per_shard: int) -> str:
+    """Plain tar shards `shard-{i:06d}.tar` of (key, image bytes, ext, label) samples; returns the brace pattern."""
+    import io
+    import tarfile
+    directory.mkdir(parents=True, exist_ok=True)
+    shards = range(0, len(samples), per_shard)
+    for number, start in enumerate(shards):
+        with tarfile.open(directory / f"shard-{number:06d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, data, ext, label in samples[start:start + per_shard]:
+                for name, payload in ((f"{key}.{ext}", data), (f"{key}.cls", str(label).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return str(directory / f"shard-{{000000..{len(shards) - 1:06d}}}.tar")
+
+
+def _wds_cfg(urls: str, cache: Path | None):
+    from omegaconf import OmegaConf
+    return OmegaConf.create({"name": "wds", "root": None, "split": "train", "test_split": "test", "urls": urls,
+                             "test_urls": None, "num_classes": None, "channels": None, "image_size": None,
+                             "limit": None, "on_error": "skip", "num_workers": 0,
+                             "index_cache": None if cache is None else str(cache)})
+
+
+def bench_embed(tmp: Path, quick: bool) -> list[str]:
+    """`embed` (wds source: read by offset, JPEG decode, DataLoader batches, forward, .npy + parquet written)
+    vs `encoder.encode` alone on the same images pre-decoded into uint8 tensors, same batches."""
+    import shutil
+
+    import torch
+
+    from datacull import layout
+    from datacull.config import compose
+    from datacull.data.base import build_source
+    from datacull.data.loader import ExampleDataset
+    from datacull.encoders.base import build_encoder
+    from datacull.stages.embed import embed
+    n = EMBED_IMAGES[0 if quick else 1]
+    urls = _write_shards(tmp / "embed-shards", [(f"s{i:07d}", b, "jpg", i % 10) for i, b in enumerate(_jpeg_bytes(n))],
+                         1000)
+    rows = []
+    for label, encoder_args in [("timm resnet18 (random init, 64 px)",
+                                 ["encoder=timm", "encoder.model_name=resnet18", "encoder.pretrained=false",
+                                  "encoder.image_size=64", "encoder.amp=false"]),
+                                ("pixels (PCA-64)", ["encoder=pixels"])]:
+        cfg = compose(["data=wds", f"data.urls={urls}", f"data.index_cache={tmp / 'embed-index'}", "device=cpu",
+                       f"paths.work_dir={tmp / 'embed-work'}", *encoder_args, "encoder.batch_size=128",
+                       "encoder.num_workers=0", "encoder.dtype=float32"])
+        source = build_source(cfg.data)
+        embed(cfg, source)  # warm-up: imports, PCA fit cached, page cache
+        encoder = build_encoder(cfg.encoder, int(cfg.seed))
+        encoder.prepare(source, tmp / "embed-work" / "bare-cache", torch.device("cpu"))
+        dataset = ExampleDataset(source, size=encoder.input_size, channels=encoder.input_channels)
+        batches = torch.stack([dataset[i][0] for i in range(len(dataset))]).split(int(cfg.encoder.batch_size))
+        timings = {"pipeline": [], "bare": []}
+        for _ in range(2):  # alternate, keep the faster of two (the machine is shared)
+            shutil.rmtree(layout.embeddings_dir(cfg))  # so the stage embeds again
+            start = time.perf_counter()
+            embed(cfg, source)
+            timings["pipeline"].append(time.perf_counter() - start)
+            with torch.inference_mode():
+                start = time.perf_counter()
+                for batch in batches:
+                    encoder.encode(batch).float().numpy()
+                timings["bare"].append(time.perf_counter() - start)
+        pipeline_s, bare_s = min(timings["pipeline"]), min(timings["bare"])
+        rows.append(f"| embed {n:,} JPEGs (64 x 64) from wds, {label}, batch 128, 0 workers: images/s | "
+                    f"{n / pipeline_s:,.0f} | {n / bare_s:,.0f} | {bare_s / pipeline_s:.2f} | >= 0.85 | "
+                    f"{'yes' if bare_s / pipeline_s >= 0.85 else 'no'} |")
+        print(f"embed {label}: pipeline {pipeline_s:.2f} s, bare {bare_s:.2f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def bench_export(tmp: Path, quick: bool) -> list[str]:
+    """`export_selection` (half of a wds source kept, original JPEG bytes) vs a bare `tarfile` writer
+    of the same members; counts PIL encodes during the export and checks the image bytes are the input's."""
+    import io
+    import tarfile
+
+    import pandas as pd
+    from PIL import Image
+
+    from datacull.data.base import build_source
+    from datacull.export import export_selection
+    n = EXPORT_SAMPLES[0 if quick else 1]
+    urls = _write_shards(tmp / "export-shards", [(f"s{i:07d}", b, "jpg", i % 10)
+                                                 for i, b in enumerate(_jpeg_bytes(n, seed=1))], 10_000)
+    source = build_source(_wds_cfg(urls, tmp / "export-index"))
+    kept = np.arange(n) % 2 == 0
+    selection = pd.DataFrame({"key": source.keys, "index": np.arange(n), "label": source.labels,
+                              "score": np.arange(n, dtype=np.float64), "rank": np.arange(n), "kept": kept,
+                              "reason": np.where(kept, "kept", "pruned: bench")})
+    selection_path = tmp / "selection.parquet"
+    selection.to_parquet(selection_path)
+    for i in range(min(n, 2000)):  # warm the page cache of the input shards for both writers
+        source.raw(i)
+    encodes = [0]
+    save = Image.Image.save
+
+    def counting_save(self, *args, **kwargs):
+        encodes[0] += 1
+        return save(self, *args, **kwargs)
+
+    Image.Image.save = counting_save
+    try:
+        start = time.perf_counter()
+        export_selection(source, selection_path, tmp / "export-out", name="bench", maxcount=10_000, mtime=0,
+                         image_format="png", on_error="skip", fingerprint="bench", config={}, progress=False)
+        export_s = time.perf_counter() - start
+    finally:
+        Image.Image.save = save
+    start = time.perf_counter()
+    (tmp / "bare-out").mkdir()
+    tar = None
+    for count, index in enumerate(np.flatnonzero(kept)):
+        if count % 10_000 == 0:
+            if tar is not None:
+                tar.close()
+            tar = tarfile.open(tmp / "bare-out" / f"bench-{count // 10_000:06d}.tar", "w")  # tarfile's default format
+        key = source.keys[index]
+        data, ext = source.raw(int(index))
+        meta = json.dumps({"key": key, "index": int(index), "label": int(source.labels[index]), "rank": int(index),
+                           "score": float(index), "reason": "kept"}, sort_keys=True).encode()
+        for name, payload in ((f"{key}.{ext}", data), (f"{key}.cls", str(int(source.labels[index])).encode()),
+                              (f"{key}.json", meta)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(payload), 0
+            tar.addfile(info, io.BytesIO(payload))
+    tar.close()
+    bare_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for index in np.flatnonzero(kept):
+        source.load(int(index))
+    decode_s = time.perf_counter() - start
+    same, total = 0, 0
+    for path in sorted((tmp / "export-out").glob("bench-*.tar")):
+        with tarfile.open(path) as shard:
+            for member in shard:
+                if member.name.endswith(".jpg"):
+                    key = member.name[:-4]
+                    total += 1
+                    same += shard.extractfile(member).read() == source.raw(int(key[1:]))[0]
+    kept_n = int(kept.sum())
+    ratio = bare_s / export_s
+    print(f"export: {export_s:.2f} s, bare tar {bare_s:.2f} s, decode alone {decode_s:.2f} s, encodes {encodes[0]}, "
+          f"identical {same}/{total}", file=sys.stderr, flush=True)
+    return [f"| export {kept_n:,} of {n:,} JPEG samples (wds) to shards: samples/s | {kept_n / export_s:,.0f} | "
+            f"{kept_n / bare_s:,.0f} | {ratio:.2f} | >= 0.8 | {'yes' if ratio >= 0.8 else 'no'} |",
+            f"| export: re-encodes (PIL saves) / image members byte-identical to the input | {encodes[0]} / "
+            f"{same:,} of {total:,} | 0 / all | | 0 re-encodes | "
+            f"{'yes' if encodes[0] == 0 and same == total == kept_n else 'no'} |",
+            f"| export: of which decoding every kept image once (export refuses undecodable bytes) | "
+            f"{decode_s:.2f} s of {export_s:.2f} s | | | | |"]
+
+
+def bench_wds(tmp: Path, quick: bool) -> list[str]:
+    """Open a wds source of 1,000 shards twice: the first open reads every tar header and writes the
+    per-shard index cache (`data.index_cache`), the second reads the cache."""
+    from datacull.data.base import build_source
+    per_shard = WDS_PER_SHARD[0 if quick else 1]
+    png = _png_bytes()
+    samples = [(f"s{i:08d}", png, "png", i % 1000) for i in range(WDS_SHARDS * per_shard)]
+    urls = _write_shards(tmp / "wds-shards", samples, per_shard)
+    del samples
+    cfg = _wds_cfg(urls, tmp / "wds-index")
+    start = time.perf_counter()
+    first = build_source(cfg)
+    first_s = time.perf_counter() - start
+    del first
+    start = time.perf_counter()
+    second = build_source(cfg)
+    second_s = time.perf_counter() - start
+    n = len(second)
+    print(f"wds: {n:,} samples in {WDS_SHARDS} shards: first open {first_s:.2f} s, re-open {second_s:.2f} s",
+          file=sys.stderr, flush=True)
+    return [f"| wds open, {WDS_SHARDS:,} shards, {n:,} samples: re-open (index cache) vs first open (tar headers "
+            f"read, cache written), seconds | {second_s:.2f} s | {first_s:.2f} s | {second_s / first_s:.3f} | "
+            f"re-open < 1 s | {'yes' if second_s < 1 else 'no'} |"]
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PIPELINE_BENCHES = {"embed": bench_embed, "export": bench_export, "wds": bench_wds}
+
+
+def pipeline_section(groups: list[str], quick: bool, tmp: str) -> list[str]:
+    """The markdown section of the embed / export / wds groups in `groups` (measured now)."""
+    import shutil
+    lines = [PIPELINE_HEADING, "",
+             f"Measured by `scripts/bench.py --only {','.join(groups)}{' --quick' if quick else ''}` "
+             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; OMP_NUM_THREADS="
+             f"{os.environ.get('OMP_NUM_THREADS', 'unset')}). Ratio = bare time / datacull time (throughput of "
+             "datacull's path over the bare operation's) for embed and export; re-open / first open for wds.", "",
+             "| case | datacull | bare | ratio | target | met |", "|---|---:|---:|---:|---|---|"]
+    for group in groups:
+        work = Path(tempfile.mkdtemp(prefix=f"datacull_bench_{group}_", dir=tmp))
+        try:
+            lines += PIPELINE_BENCHES[group](work, quick)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    notes = {
+        "embed": "Embed: datacull = the whole stage (read by offset, JPEG decode + conform per image, DataLoader "
+                 "batches, forward, .npy + parquet written); bare = `encoder.encode` on the same images already "
+                 "decoded into uint8 tensors, same batches; the faster of two alternated runs each. With a CNN the "
+                 "forward dominates; the pixels (PCA) forward is one matrix product, so decoding dominates its row.",
+        "export": "Export: datacull = `export_selection` (decodes every kept image once so that no undecodable "
+                  "bytes are shipped, ships the original bytes, writes with webdataset's TarWriter, fsyncs and "
+                  "hashes each shard, writes the wids index and manifest); bare = `tarfile` writing the same image, "
+                  ".cls and .json members read from the input by offset (no decode, no fsync, no hashing). Re-encodes "
+                  "are counted by wrapping PIL's `Image.save` during the export.",
+        "wds": "wds: `build_source` on a brace pattern over 1,000 local shards (one 8 x 8 PNG + .cls per sample, "
+               "`data.num_workers=0`); the first open reads every tar header and writes one index file per shard "
+               "into `data.index_cache`, the second reads those files.",
+    }
+    return lines + [""] + [notes[g] + "\n" for g in groups]
+
+
+def splice_section(path: Path, heading: str, lines: list[str], before: str = "## Not measured here") -> None:
+    """Replace the section `heading` of the markdown file `path` by `lines` (insert it before `before`
+    when absent), leaving every other section as it is."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = "\n".join(lines).rstrip("\n") + "\n\n"
+    if heading in text:
+        head, _, rest = text.partition(heading)
+        following = rest.find("\n## ")
+        text = head + block + (rest[following + 1:] if following >= 0 else "")
+    elif before in text:
+        head, _, rest = text.partition(before)
+        text = head + block + before + rest
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
 def machine() -> str:
     """One line: CPU model, cores, RAM, torch/faiss/numpy versions."""
     import faiss
@@ -142,11 +420,24 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--tmp", default=tempfile.gettempdir(), help="where the float16 arrays are written (deleted after)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated groups to run, of ssp,{','.join(PIPELINE_GROUPS)} (default: all); "
+                             "without ssp only the embed/export/wds section of --out is replaced")
     parser.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(CASES[args.case](args.path, args.k)))
+        return
+    groups = [g.strip() for g in (args.only or ",".join(("ssp", *PIPELINE_GROUPS))).split(",") if g.strip()]
+    unknown = sorted(set(groups) - {"ssp", *PIPELINE_GROUPS})
+    if unknown:
+        sys.exit(f"bench.py: unknown group(s) {unknown}; choose from ssp,{','.join(PIPELINE_GROUPS)}")
+    pipeline = [g for g in PIPELINE_GROUPS if g in groups]
+    if "ssp" not in groups:
+        section = pipeline_section(pipeline, args.quick, args.tmp)
+        splice_section(Path(args.out), PIPELINE_HEADING, section)
+        print("\n".join(section))
         return
     cases = QUICK_CASES if args.quick else FULL_CASES
     need = max(n * d * 2 for n, d in cases)
@@ -199,10 +490,10 @@ def main() -> None:
         "datacull's time includes its default k-means++ seeding (20 local trials, on the CPU) and a restart "
         "objective pass, which bare faiss (random init) does not do; at small n that fixed cost dominates.", "",
         "## Scoring time growth", "", *gl, "",
+        *(pipeline_section(pipeline, args.quick, args.tmp) if pipeline else []),
         "## Not measured here", "",
         "GPU figures (faiss GPU, CUDA embedding, DDP): unmeasured, no GPU on this machine; "
-        "`scripts/gpu_smoke.sh` is the check to run on one. Embed pipeline vs bare forward, export vs bare tar "
-        "writer and wds open time on 1,000 shards: not yet in this script.", ""])
+        "`scripts/gpu_smoke.sh` is the check to run on one.", ""])
     Path(args.out).write_text(text)
     print(text)
 

@@ -4,7 +4,9 @@
 # Installs faiss-gpu-cu12 if the loaded faiss build has no GPUs, then prints a small table:
 #   faiss GPU vs CPU assignment agreement (datacull.kmeans.nearest_centroid, gpu=True vs False),
 #   CUDA + AMP forward throughput of datacull's SmallConvNet encoder backbone,
-#   GraNd vmap vs loop speed-up (scripts/bench_metrics.py --parts grand --device cuda).
+#   GraNd vmap vs loop speed-up (scripts/bench_metrics.py --parts grand --device cuda),
+#   DDP training under torchrun (datacull train, 1 epoch on synthetic data: one process per GPU with
+#   nccl when there are >= 2 GPUs, else 2 CPU processes with gloo); checks exactly one result row.
 # Each step has its own timeout; the whole script stays under 8 minutes.
 # --dry-run checks the arguments and prints the steps without running them (works without a GPU).
 set -euo pipefail
@@ -15,7 +17,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --python) [[ $# -ge 2 ]] || { echo "gpu_smoke.sh: --python needs a path" >&2; exit 2; }; PYTHON="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "gpu_smoke.sh: unknown argument '$1' (use --python PATH, --dry-run, --help)" >&2; exit 2 ;;
   esac
 done
@@ -68,4 +70,17 @@ print(f"| SmallConvNet AMP forward | {20 * 512 / (time.perf_counter() - t):,.0f}
 EOF
 
 step "GraNd vmap vs loop" 180 "$PYTHON" scripts/bench_metrics.py --parts grand --device cuda --repeats 3
-echo "DDP under torchrun: not checked by this script yet (the trainer has no DDP path)."
+step "DDP train under torchrun" 120 bash -c '
+set -euo pipefail
+py="$1"; work=$(mktemp -d); trap "rm -rf \"$work\"" EXIT
+ngpu=$("$py" -c "import torch; print(torch.cuda.device_count())")
+if [[ "$ngpu" -ge 2 ]]; then nproc=$ngpu; dev=cuda; else nproc=2; dev=cpu; echo "1 GPU: 2 CPU ranks (gloo); nccl needs >= 2 GPUs"; fi
+"$py" -c "import sys, numpy as np, pandas as pd; pd.DataFrame({\"key\": [f\"synthetic/train/{i:06d}\" for i in range(256)], \"s\": np.arange(256.0)}).to_csv(sys.argv[1], index=False)" "$work/s.csv"
+start=$(date +%s)
+"$py" -m torch.distributed.run --standalone --nproc_per_node="$nproc" -m datacull.cli train data=synthetic \
+  select.scores="$work/s.csv" select.metric=s select.fraction=0.5 train.epochs=1 train.batch_size=64 \
+  device="$dev" paths.work_dir="$work/w"
+rows=$(find "$work/w" -path "*/results/rows/*.json" | wc -l)
+echo "| DDP datacull train, $nproc ranks on $dev | $rows result row, $(( $(date +%s) - start )) s |"
+[[ "$rows" -eq 1 ]]
+' _ "$PYTHON"

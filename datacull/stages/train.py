@@ -12,6 +12,10 @@ full-data run); `steps` trains for as many optimizer steps as the unpruned run o
 more epochs. `train.min_steps` (default 0) raises the epochs of any run that would take fewer
 optimizer steps (a CPU stand-in for "train to convergence" on tiny selections). The row records the
 rule, the epochs and the optimizer steps actually taken.
+
+Under `torchrun --nproc_per_node=N -m datacull.cli train ...` the training is data-parallel (DDP,
+datacull/training/distributed.py; train.batch_size is the global batch): rank 0 makes the selection
+first, every rank trains, and rank 0 alone evaluates and writes the row.
 """
 from __future__ import annotations
 
@@ -30,9 +34,11 @@ from omegaconf import DictConfig, open_dict
 from datacull import layout
 from datacull.data.base import DataSource, build_source, check_labels
 from datacull.errors import DatacullError
-from datacull.results import read_row, write_row
+from datacull.results import read_row, row_path, write_row
 from datacull.stages.select import resolve_policy, select
+from datacull.encoders.base import resolve_device
 from datacull.store import fingerprint, parquet_config, parquet_fingerprint, to_plain
+from datacull.training import distributed
 from datacull.training.trainer import indices_hash, predict_logits, train_identity, train_model
 
 log = logging.getLogger(__name__)
@@ -97,8 +103,21 @@ def full_test_source(cfg: DictConfig) -> DataSource:
 def train(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     """Select (or reuse the selection), train on the kept examples, evaluate, write the result row."""
     planned_epochs(cfg, 1, 1)  # a bad train.budget fails before any work
+    distributed.check_batch(int(cfg.train.batch_size), distributed.launched_world())  # so does a bad torchrun split
+    ddp = distributed.setup(resolve_device(str(cfg.get("device", "auto"))))
+    try:
+        return _train(cfg, source, ddp)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: DictConfig, source: DataSource | None, ddp: distributed.DistInfo) -> dict[str, Path]:
     cfg = resolve_policy(cfg)  # select.policy=auto: the pilot's choice (datacull/policies/auto.py)
+    if not ddp.main:
+        distributed.barrier()  # rank 0 makes the selection, the others then read it
     selection_path = select(cfg)["selection"]
+    if ddp.main:
+        distributed.barrier()
     selection = pd.read_parquet(selection_path)
     meta = parquet_config(selection_path)
     kept = selection.loc[selection["kept"], "index"].to_numpy(dtype=np.int64)
@@ -118,6 +137,9 @@ def train(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     run_dir = run_root / f"kept-{indices_hash(kept)}-e{epochs}-seed{seed}"
     began = time.perf_counter()
     result = train_model(cfg, source, kept, seed, run_dir, record=False, epochs=epochs)
+    if not ddp.main:  # rank 0 evaluates and writes the row
+        distributed.barrier()
+        return {"selection": selection_path, "row": row_path(rows_dir, rid), "run_dir": run_dir}
     trained = sum(h.get("seconds", 0.0) for h in result.history)
     began_eval = time.perf_counter()
     scores = evaluate(result.model, test_source, cfg)
@@ -147,4 +169,5 @@ def train(cfg: DictConfig, source: DataSource | None = None) -> dict[str, Path]:
     path = write_row(rows_dir, row)
     log.info(f"train: {row['metric']}/{row['policy']} f={row['fraction']:g} n_train={row['n_train']} seed {seed}: "
              f"test error {row['test_error']:.4f} ({epochs} epochs, {row['train_seconds']:.0f} s) -> {path}")
+    distributed.barrier()
     return {"selection": selection_path, "row": path, "run_dir": run_dir}

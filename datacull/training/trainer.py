@@ -12,7 +12,8 @@ A run directory holds
     record/{field}.npy       per-example statistics (see recorder.py) when `record=True`
 all written atomically; tensors are loaded with torch.load(weights_only=True). A killed run resumes
 from its last checkpoint. Each epoch's data order, augmentation and global torch RNG are derived
-from (seed, epoch), so a resumed run gives the same result as an uninterrupted one.
+from (seed, epoch), so a resumed run gives the same result as an uninterrupted one. Under `torchrun`
+the loop is data-parallel (DDP, global batch = train.batch_size; see distributed.py).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from datacull.data.loader import ExampleDataset
 from datacull.encoders.base import resolve_device
 from datacull.errors import DatacullError
 from datacull.store import atomic_path, ensure_dir, fingerprint, to_plain, write_json_atomic
+from datacull.training import distributed
 from datacull.training.augment import (
     CenterCropView, augment_batch, resolve_augment, resolve_eval_transform, resolve_pad_mode, resolve_padding,
 )
@@ -90,11 +92,14 @@ def train_identity(train_cfg: DictConfig) -> dict:
             if k not in _TRAIN_KEYS_IGNORED and not (k in _TRAIN_NEUTRAL and v == _TRAIN_NEUTRAL[k])}
 
 
-def run_fingerprint(cfg: DictConfig, source: DataSource, indices: np.ndarray, seed: int, epochs: int) -> str:
-    """Fingerprint of everything a run depends on: model, training recipe, data, subset, seed, epochs."""
+def run_fingerprint(cfg: DictConfig, source: DataSource, indices: np.ndarray, seed: int, epochs: int,
+                    world: int = 1) -> str:
+    """Fingerprint of everything a run depends on: model, training recipe, data, subset, seed, epochs
+    (and the number of data-parallel processes when more than one, see distributed.py)."""
     return fingerprint(to_plain(cfg.model), train_identity(cfg.train), layout.data_identity(cfg.data),
                        source.name, source.split, len(source), indices_hash(indices),
-                       indices_hash(source.labels[indices]), int(seed), int(epochs))
+                       indices_hash(source.labels[indices]), int(seed), int(epochs),
+                       *([{"world_size": int(world)}] if world > 1 else []))
 
 
 def _derived_seed(*parts: int) -> int:
@@ -257,7 +262,9 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
     is called after each epoch's checkpoint is written (1-based epoch). The weights after each epoch
     in `keep_epochs` are kept besides epoch 0 and the last `train.keep_epoch_weights`; a finished (or
     resumable) run that lacks one of them is trained again from scratch (each epoch is seeded from
-    (seed, epoch), so on CPU the new run is the same run, now with those weights).
+    (seed, epoch), so on CPU the new run is the same run, now with those weights). Under torchrun
+    (WORLD_SIZE > 1) the training is data-parallel (distributed.py) and rank 0 alone writes the run
+    folder and calls `on_epoch_end`.
     """
     run_dir = ensure_dir(Path(run_dir))
     indices = check_indices(train_indices, source)
@@ -265,16 +272,22 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
     epochs = int(cfg.train.epochs if epochs is None else epochs)
     _check_train_cfg(cfg.train, epochs)
     device = resolve_device(str(cfg.get("device", "auto")))
-    fp = run_fingerprint(cfg, source, indices, seed, epochs)
+    ddp = distributed.setup(device)  # torchrun: data-parallel over the ranks (only rank 0 writes)
+    device = distributed.device_for(device, ddp)
+    rank_batch = distributed.check_batch(int(cfg.train.batch_size), ddp.world)
+    fp = run_fingerprint(cfg, source, indices, seed, epochs, ddp.world)
     keep_epochs = sorted({int(e) for e in keep_epochs if 0 < int(e) <= epochs})
 
     info = _read_run(run_dir)
     saved = [int(p.stem.split("epoch")[1]) for p in run_dir.glob("weights-epoch*.pt")]
     missing = [e for e in keep_epochs if e <= max(saved, default=0) and e not in saved]
+    distributed.barrier()  # every rank has read the run folder before rank 0 changes it
     if info.get("fingerprint") == fp and missing:
         log.info(f"train: {run_dir} did not keep the weights of epoch(s) {missing}; training it again to keep them")
-        _clear_run(run_dir)
+        if ddp.main:
+            _clear_run(run_dir)
         info = {}
+        distributed.barrier()
     if info.get("fingerprint") == fp and info.get("finished") and (info.get("record") or not record):
         model = load_finished(cfg, source, run_dir, info, device)
         recorder = Recorder.open(run_dir / RECORD_DIR) if record else None
@@ -290,17 +303,23 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
                                 nesterov=bool(cfg.train.get("nesterov", False)),
                                 weight_decay=float(cfg.train.get("weight_decay", 0.0)))
     start, history, recorder, rng_states = _resume(run_dir, fp, model, optimizer, record)
+    distributed.barrier()  # every rank has read the checkpoint before rank 0 starts over
+    recorder = recorder if ddp.main else None
     if start == 0:
-        _clear_run(run_dir)
         model.set_normalization(*batches.stats())
-        recorder = Recorder.create(run_dir / RECORD_DIR, epochs, len(indices)) if record else None
-        write_json_atomic(run_dir / RUN_FILE, _run_info(fp, seed, epochs, record, indices, history, False,
-                                                        keep_epochs))
-        _save_torch(model.state_dict(), weights_path(run_dir, 0))
+        if ddp.main:
+            _clear_run(run_dir)
+            recorder = Recorder.create(run_dir / RECORD_DIR, epochs, len(indices)) if record else None
+            write_json_atomic(run_dir / RUN_FILE, _run_info(fp, seed, epochs, record, indices, history, False,
+                                                            keep_epochs))
+            _save_torch(model.state_dict(), weights_path(run_dir, 0))
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     _optimizer_to(optimizer, device)
+    net = model
+    if ddp.active:  # per-rank BatchNorm, as the torchvision reference by default (see distributed.py)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     augment = resolve_augment(cfg.train, cfg.data, channels)
     padding, pad_mode = resolve_padding(cfg.train, size[0]), resolve_pad_mode(cfg.train)
@@ -310,7 +329,8 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
     label_smoothing = float(cfg.train.get("label_smoothing", 0.0) or 0.0)
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     bar = tqdm(range(start, epochs), desc=f"train seed {seed}", unit="epoch", initial=start, total=epochs,
-               disable=epochs == start)
+               disable=epochs == start or not ddp.main)
+    rank_seed = (ddp.rank,) if ddp.rank else ()  # each rank its own augmentation / dropout draws
     with torch.random.fork_rng(devices=fork_devices):  # the caller's global RNG state is left alone
         if "torch_rng" in rng_states:
             torch.set_rng_state(rng_states["torch_rng"])
@@ -318,14 +338,15 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
             torch.cuda.set_rng_state_all(rng_states["cuda_rng"])
         for epoch in bar:
             began = time.perf_counter()
-            torch.manual_seed(_derived_seed(seed, epoch, 1))  # dropout etc. of timm models
+            torch.manual_seed(_derived_seed(seed, epoch, 1, *rank_seed))  # dropout etc. of timm models
             order = np.random.default_rng([seed, epoch]).permutation(len(indices))
-            generator = torch.Generator().manual_seed(_derived_seed(seed, epoch, 2))
+            order = distributed.rank_order(order, ddp)  # this rank's strided share (all of it in one process)
+            generator = torch.Generator().manual_seed(_derived_seed(seed, epoch, 2, *rank_seed))
             model.train()
             loss_sum = torch.zeros((), device=device)
             correct_sum = torch.zeros((), device=device)
-            inner = tqdm(batches(order, batch_size), total=steps, desc=f"epoch {epoch + 1}/{epochs}",
-                         unit="batch", leave=False, disable=steps < 100)
+            inner = tqdm(batches(order, rank_batch), total=steps, desc=f"epoch {epoch + 1}/{epochs}",
+                         unit="batch", leave=False, disable=steps < 100 or not ddp.main)
             for step, (images, labels, positions) in enumerate(inner):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(cfg.train, epochs, epoch + step / steps)
@@ -334,28 +355,37 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = labels.to(device, non_blocking=True)
                 with _autocast(device, amp):
-                    logits = model(x)
+                    logits = net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.detach() * len(y)
                 correct_sum += (logits.detach().argmax(1) == y).sum()
-                if recorder is not None:
-                    recorder.record(epoch, positions, logits, y)
-            stats = {"epoch": epoch + 1, "loss": float(loss_sum) / len(indices),
-                     "train_acc": float(correct_sum) / len(indices), "lr": optimizer.param_groups[0]["lr"],
+                if record:  # under DDP rank 0 records every rank's examples
+                    gathered = distributed.gather_batch(positions, logits, y)
+                    if recorder is not None:
+                        recorder.record(epoch, *gathered)
+            seen = len(order) * ddp.world  # len(indices), padded to a multiple of the world size under DDP
+            distributed.all_sum(loss_sum)
+            distributed.all_sum(correct_sum)
+            stats = {"epoch": epoch + 1, "loss": float(loss_sum) / seen,
+                     "train_acc": float(correct_sum) / seen, "lr": optimizer.param_groups[0]["lr"],
                      "seconds": time.perf_counter() - began}
             history.append(stats)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['train_acc']:.3f}")
-            _end_epoch(run_dir, cfg, fp, epochs, epoch + 1, model, optimizer, recorder, history,
-                       save_checkpoint=(epoch + 1) % every == 0, keep_epochs=keep_epochs)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, stats)
+            if ddp.main:
+                _end_epoch(run_dir, cfg, fp, epochs, epoch + 1, model, optimizer, recorder, history,
+                           save_checkpoint=(epoch + 1) % every == 0, keep_epochs=keep_epochs)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, stats)
     model.eval()
-    write_json_atomic(run_dir / RUN_FILE, _run_info(fp, seed, epochs, record, indices, history, True, keep_epochs))
-    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-    if recorder is not None:
+    if ddp.main:
+        write_json_atomic(run_dir / RUN_FILE, _run_info(fp, seed, epochs, record, indices, history, True,
+                                                        keep_epochs))
+        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    distributed.barrier()  # the finished run is on disk for every rank
+    if record:
         recorder = Recorder.open(run_dir / RECORD_DIR)
     return TrainResult(run_dir, model, indices, epochs, history, recorder)
 
