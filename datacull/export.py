@@ -30,6 +30,7 @@ import pandas as pd
 from webdataset import TarWriter
 
 from datacull.data.base import UNKNOWN_LABEL, CorruptExample, DataSource, skip_reason
+from datacull.data.encoded import check_decodes
 from datacull.errors import DatacullError
 from datacull.logs import progress as progress_bar
 from datacull.store import atomic_directory, parquet_config, parquet_fingerprint, write_json_atomic
@@ -172,12 +173,35 @@ def check_shard_name(name: str) -> str:
     return name
 
 
+class _HashingFile:
+    """A binary file that hashes (sha256) everything written to it, so a shard is never read back."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "wb")
+        self.name = self._file.name
+        self.digest = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass
 class ShardSequence:
     """Writes samples into `{name}-{shard:06d}.tar` files of `maxcount` samples with webdataset's TarWriter.
 
-    Each finished shard is fsynced and recorded as {"url", "nsamples", "filesize", "sha256"}. Files are
-    opened here (not by the writer) so they can be fsynced; only full or final shards exist, never empties.
+    Each finished shard is fsynced and recorded as {"url", "nsamples", "filesize", "sha256"} (hashed
+    while written). Files are opened here (not by the writer) so they can be fsynced; only full or final
+    shards exist, never empties.
     """
 
     directory: Path
@@ -194,7 +218,7 @@ class ShardSequence:
         if self._writer is None or self._count >= self.maxcount:
             self._finish()
             path = self.directory / f"{self.name}-{len(self.shards):06d}.tar"
-            self._file = open(path, "wb")
+            self._file = _HashingFile(path)
             self._writer = TarWriter(self._file, encoder=False, mtime=self.mtime)
             self._count = 0
         self._writer.write(sample)
@@ -209,7 +233,7 @@ class ShardSequence:
         self._file.close()
         path = Path(self._file.name)
         self.shards.append({"url": path.name, "nsamples": self._count, "filesize": path.stat().st_size,
-                            "sha256": sha256_file(path)})
+                            "sha256": self._file.digest.hexdigest()})
         self._writer = self._file = None
 
     def close(self) -> list[dict]:
@@ -295,8 +319,11 @@ def export_selection(source: DataSource, selection_path: Path, out_dir: Path, *,
             for row in progress_bar(np.flatnonzero(kept), desc="export", unit="example", disable=not progress):
                 key, index, label = keys[row], int(indices[row]), int(labels[row])
                 try:
-                    pixels = source.load(index)  # decodes raw images too, so no undecodable bytes are shipped
-                    image = source.raw(index) or encode_image(pixels, image_format)
+                    image = source.raw(index)  # the input's encoded bytes, shipped as they are (no re-encode)
+                    if image is None:
+                        image = encode_image(source.load(index), image_format)
+                    else:  # decoded once, so no undecodable bytes are shipped
+                        check_decodes(image[0], _where(source, index, key))
                 except CorruptExample as exc:
                     if on_error == "fail":
                         raise DatacullError(f"example {key} (index {index}) is corrupt: {exc}; "
@@ -325,6 +352,12 @@ def export_selection(source: DataSource, selection_path: Path, out_dir: Path, *,
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
     out_dir = Path(out_dir)
     return {"shards_dir": out_dir, "manifest": out_dir / MANIFEST_NAME, "wids_index": out_dir / index_path.name}
+
+
+def _where(source: DataSource, index: int, key: str) -> str:
+    """Where example `index` is stored, for messages (the source's own description when it has one)."""
+    describe = getattr(source, "describe", None)
+    return describe(index) if describe else f"example {key}"
 
 
 def _manifest(keys, labels, reasons, exported, skipped, class_names, records, index_name, selection_fp, fp,

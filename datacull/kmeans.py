@@ -124,7 +124,7 @@ def train_spherical_kmeans(rows: np.ndarray, k: int, *, niter: int = 25, seed: i
     """Unit-norm centroids (k, d) of spherical k-means on a seeded sample of `rows`.
 
     The sample is k * max_points_per_centroid rows (all rows if fewer); only the sample is
-    normalised and copied to float32, not the whole (memory-mapped) array. `init` is
+    normalised and copied to float32 (`unit_rows`, block by block), not the whole (memory-mapped) array. `init` is
     `kmeans++` (greedy k-means++ seeds on the sample, see `kmeans_plusplus_unit`) or `random`
     (faiss's own uniform draw of k sample rows); `local_trials` is the number of k-means++
     candidates per seed (None: 2 + ln k, scikit-learn's choice), drawn from at most
@@ -148,8 +148,8 @@ def train_spherical_kmeans(rows: np.ndarray, k: int, *, niter: int = 25, seed: i
     if local_trials is not None and local_trials < 1:
         raise DatacullError(f"k-means++ needs local_trials >= 1 (or null for 2 + ln k), got {local_trials}")
     budget = k * max_points_per_centroid
-    sample = np.sort(np.random.default_rng(seed).choice(n, size=budget, replace=False)) if n > budget else slice(None)
-    train = l2_normalize(np.asarray(rows[sample]))
+    sample = np.sort(np.random.default_rng(seed).choice(n, size=budget, replace=False)) if n > budget else None
+    train = unit_rows(rows, sample)
     best_centroids, best_objective = None, np.inf
     for restart in range(nredo):
         kmeans = faiss.Kmeans(train.shape[1], k, niter=niter, seed=seed + restart, spherical=True, gpu=gpu,
@@ -165,6 +165,22 @@ def train_spherical_kmeans(rows: np.ndarray, k: int, *, niter: int = 25, seed: i
         if objective < best_objective:
             best_centroids, best_objective = centroids, objective
     return best_centroids
+
+
+def unit_rows(rows: np.ndarray, positions: np.ndarray | None = None, block_size: int = 65536) -> np.ndarray:
+    """Unit-norm float32 copy of `rows[positions]` (all rows if None), gathered block by block.
+
+    The only full-size allocation is the float32 result: the rows (possibly a float16 memory map) are
+    read and cast one block at a time and normalised in place (zero rows stay zero), so the k-means
+    sample costs its own size in memory, not also a copy in the input dtype and a normalised copy.
+    """
+    count = len(rows) if positions is None else len(positions)
+    out = np.empty((count, rows.shape[1]), dtype=np.float32)
+    for start in range(0, count, block_size):
+        stop = min(start + block_size, count)
+        cast_into(out[start:stop], rows[start:stop] if positions is None else rows[positions[start:stop]])
+    faiss.normalize_L2(out)
+    return out
 
 
 def cast_into(out: np.ndarray, rows: np.ndarray) -> None:

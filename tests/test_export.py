@@ -216,7 +216,8 @@ def test_raw_sources_keep_their_original_bytes_and_corrupt_ones_are_skipped(tmp_
     manifest = json.loads(paths["manifest"].read_text())
     assert manifest["counts"]["skipped"] == 3 and manifest["counts"]["kept"] == len(samples)
     assert manifest["skipped"][-1]["key"] == source.keys[4]
-    assert manifest["skipped"][-1]["reason"].startswith("skipped: corrupt image: cannot decode")
+    assert manifest["skipped"][-1]["reason"].startswith(
+        "skipped: corrupt image: example jpegs/train/img0004: UnidentifiedImageError")
     assert manifest["reasons"]["skipped: corrupt image"] == 3
     owl = [r for r in manifest["per_class"] if r["name"] == "owl"][0]
     assert (owl["before"], owl["after"]) == ((selection["label"] == 2).sum(), 10)  # no owl is skipped or corrupt

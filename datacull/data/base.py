@@ -169,3 +169,8 @@ class SubsetSource(DataSource):
 
     def raw(self, index: int):
         return self.base.raw(int(self.indices[index]))
+
+    def describe(self, index: int) -> str:
+        """Where example `index` is stored, as the base source says (else its key)."""
+        describe = getattr(self.base, "describe", None)
+        return describe(int(self.indices[index])) if describe else f"example {self._keys[index]}"

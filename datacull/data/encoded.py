@@ -31,8 +31,21 @@ def decode_image(data: bytes, where: str, rgb: bool = False) -> np.ndarray:
             mode = "L" if not rgb and image.mode in GRAY_MODES else "RGB"
             array = np.array(image.convert(mode), dtype=np.uint8)  # writable (torch.from_numpy warns otherwise)
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error, ...) on bad bytes
-        raise CorruptExample(f"{where}: {type(exc).__name__}: {_no_reprs(str(exc))}") from None
+        raise _corrupt(where, exc) from None
     return array[..., None] if array.ndim == 2 else array
+
+
+def check_decodes(data: bytes, where: str) -> None:
+    """Raise CorruptExample (as `decode_image` would) unless `data` decodes fully; no pixel conversion."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as exc:
+        raise _corrupt(where, exc) from None
+
+
+def _corrupt(where: str, exc: Exception) -> CorruptExample:
+    return CorruptExample(f"{where}: {type(exc).__name__}: {_no_reprs(str(exc))}")
 
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
