@@ -24,6 +24,9 @@ from datacull.store import fingerprint, to_plain
 _DATA_KEYS_IGNORED = {"root", "download", "num_workers", "batch_size", "index_cache"}
 # encoder-config keys that change speed, not the embedding
 _ENCODER_KEYS_IGNORED = {"batch_size", "num_workers"}
+# select-section options added after selections existed: left out of the selection identity at their
+# default value, so those selections keep their fingerprint (section -> {option: default})
+_SELECT_DEFAULTS_IGNORED = {"semdedup": {"against": "earlier"}, "dedup": {"against": "earlier"}}
 
 
 def data_identity(data_cfg: DictConfig) -> dict:
@@ -100,10 +103,16 @@ def selection_identity(cfg: DictConfig) -> dict:
     if identity["policy"] == "ccs":
         identity.update({k: sel.get(k) for k in ("hard_cutoff", "strata", "cutoff_metric")})
     if isinstance(sel.get(identity["policy"]), dict):  # the policy's own section, e.g. select.d2
-        identity[str(identity["policy"])] = sel[identity["policy"]]
+        identity[str(identity["policy"])] = _section_identity(str(identity["policy"]), sel[identity["policy"]])
     if isinstance(sel.get("dedup"), dict) and sel["dedup"].get("eps") is not None:  # the optional pre-filter
-        identity["dedup"] = sel["dedup"]
+        identity["dedup"] = _section_identity("dedup", sel["dedup"])
     return identity
+
+
+def _section_identity(name: str, section: dict) -> dict:
+    """A select section without the options that sit at a default listed in `_SELECT_DEFAULTS_IGNORED`."""
+    ignored = _SELECT_DEFAULTS_IGNORED.get(name, {})
+    return {k: v for k, v in section.items() if not (k in ignored and v == ignored[k])}
 
 
 def selection_tag(cfg: DictConfig) -> str:

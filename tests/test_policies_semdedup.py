@@ -1,10 +1,12 @@
 """SemDeDup (datacull/policies/semdedup.py): planted near-duplicates, the kept-member rule, reasons,
-the select.dedup pre-filter in the select stage, class balance and determinism."""
+the select.dedup pre-filter in the select stage, class balance and determinism; `against=kept` (greedy)
+against a planted chain and a plain O(m^2) walk."""
 import numpy as np
 import pandas as pd
 import pytest
 
 from datacull.errors import DatacullError
+from datacull import layout
 from datacull.policies.semdedup import dedup_prefilter, duplicate_similarity
 from datacull.select import select_with_reasons
 from datacull.stages.score import score
@@ -102,3 +104,101 @@ def test_prefilter_composes_with_keep_hard_in_the_select_stage(make_cfg):
     rest = table[~dup]
     assert table.kept.sum() == summary["budget"] == round(0.5 * len(rest))
     assert rest.loc[rest.kept, "score"].min() >= rest.loc[~rest.kept, "score"].max()  # keep_hard on the rest
+
+
+def chain(d=6):
+    """a~b~c at cosine 0.97 / 0.97 with a-c at 2 * 0.97^2 - 1 = 0.88 (one plane of R^d)."""
+    theta = np.arccos(0.97)
+    rows = np.zeros((3, d), dtype=np.float32)
+    rows[:, 0], rows[:, 1] = np.cos([0, theta, 2 * theta]), np.sin([0, theta, 2 * theta])
+    return rows, np.array(["a", "b", "c"], dtype=object)
+
+
+@pytest.mark.parametrize("against, removed_keys", [("earlier", ["b", "c"]), ("kept", ["b"])])
+def test_chain_earlier_removes_both_links_kept_only_the_middle(against, removed_keys):
+    rows, keys = chain()
+    section = {"eps": 0.05, "clusters": 1, "keep": "hard", "against": against}
+    removed, reasons = dedup_prefilter(section, np.array([3.0, 2.0, 1.0]), rows, keys, seed=0)  # order a, b, c
+    assert list(keys[removed]) == removed_keys
+    assert all(r == "pruned: near-duplicate of a" for r in reasons[removed])
+
+
+def test_kept_still_removes_planted_duplicates_and_names_the_original():
+    rows, keys, originals = planted()
+    n_distinct = len(rows) - len(originals)
+    cfg = {"eps": 0.05, "clusters": 4, "keep": "hard", "block": 64, "against": "kept"}
+    scores = np.r_[np.ones(n_distinct), np.zeros(len(originals))]
+    removed, reasons = dedup_prefilter(cfg, scores, rows, keys, seed=0)
+    assert removed[n_distinct:].mean() >= 0.95 and removed[:n_distinct].mean() < 0.01
+    for copy in np.flatnonzero(removed[n_distinct:]):
+        assert reasons[n_distinct + copy] == f"pruned: near-duplicate of k{originals[copy]}"
+    again, _ = dedup_prefilter(cfg, scores, rows, keys, seed=0)
+    assert (removed == again).all()
+
+
+def greedy_reference(rows, order, threshold):
+    """Plain O(m^2) greedy walk in float64: (kept mask, kept member of highest similarity or -1)."""
+    unit = rows.astype(np.float64) / np.linalg.norm(rows.astype(np.float64), axis=1, keepdims=True)
+    kept, of, chosen = np.zeros(len(rows), dtype=bool), np.full(len(rows), -1), []
+    for i in order:
+        sims = [float(unit[i] @ unit[j]) for j in chosen]
+        if sims and max(sims) > threshold:
+            of[i] = chosen[int(np.argmax(sims))]
+        else:
+            kept[i] = True
+            chosen.append(i)
+    return kept, of
+
+
+@pytest.mark.parametrize("block", [7, 2048])
+def test_kept_equals_a_plain_greedy_walk_on_random_chains(block):
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(30, 8))
+    noise = rng.uniform(0.1, 0.4, (170, 1)) * rng.normal(size=(170, 8))  # copies at many distances: chains
+    rows = np.vstack([base, base[rng.integers(0, 30, 170)] + noise])
+    rows, scores = rows.astype(np.float32), rng.permutation(len(rows)).astype(np.float64)
+    keys = np.array([f"k{i}" for i in range(len(rows))], dtype=object)
+    unit = rows.astype(np.float64) / np.linalg.norm(rows.astype(np.float64), axis=1, keepdims=True)
+    assert np.abs(unit @ unit.T - 0.95).min() > 1e-5  # no pair at the threshold within float32 rounding
+    section = {"eps": 0.05, "clusters": 1, "keep": "hard", "block": block}
+    removed, reasons = dedup_prefilter({**section, "against": "kept"}, scores, rows, keys, seed=0)
+    kept, of = greedy_reference(rows, np.argsort(-scores), 0.95)
+    assert (removed == ~kept).all()
+    assert list(reasons[removed]) == [f"pruned: near-duplicate of k{j}" for j in of[removed]]
+    earlier, _ = dedup_prefilter({**section, "against": "earlier"}, scores, rows, keys, seed=0)
+    assert earlier.sum() > removed.sum() > 20  # chains present: the two rules differ here
+
+
+def test_kept_policy_bisects_eps_and_cuts_to_the_budget_deterministically():
+    rows, keys, originals = planted(n_distinct=300, n_copies=60)
+    scores = np.random.default_rng(0).random(len(rows))
+    run = lambda budget, seed: select_with_reasons(scores, np.zeros(len(rows)), budget, "semdedup", seed=seed,
+                                                   embeddings=rows, keys=keys, clusters=3, against="kept")
+    first, again = run(300, 5), run(300, 5)
+    assert first.keep.sum() == 300 and (first.keep == again.keep).all()
+    assert (first.keep[300:] & first.keep[originals]).mean() <= 0.05
+    named = [r.rsplit(" ", 1)[1] for r in first.reasons[~first.keep]]
+    assert all(r.startswith("pruned: near-duplicate of k") for r in first.reasons[~first.keep])
+    assert set(named) <= set(keys[first.keep])
+    small = run(40, 1)  # far below the duplicates: bisection on eps among distinct examples
+    assert small.keep.sum() == 40
+    assert {r.rsplit(" ", 1)[1] for r in small.reasons[~small.keep]} <= set(keys[small.keep])
+    tiny = run(2, 0)  # below one per cluster: a cluster's first member is cut, its cluster names no kept member
+    why = tiny.reasons[~tiny.keep]
+    assert tiny.keep.sum() == 2 and (why == "").any()
+    assert {r.rsplit(" ", 1)[1] for r in why if r} <= set(keys[tiny.keep])
+
+
+def test_bad_against_is_one_clear_error():
+    rows, keys, _ = planted(n_distinct=20, n_copies=2)
+    with pytest.raises(DatacullError, match="against"):
+        dedup_prefilter({"eps": 0.05, "against": "later"}, np.zeros(len(rows)), rows, keys, seed=0)
+
+
+def test_against_enters_the_selection_fingerprint_only_when_not_the_reference(make_cfg):
+    for section in ("semdedup", "dedup"):
+        base = ("select.policy=semdedup",) if section == "semdedup" else ("select.dedup.eps=0.05",)
+        default = layout.selection_identity(make_cfg(*base))
+        assert "against" not in default[section]  # selections made before the option keep their fingerprint
+        greedy = make_cfg(*base, f"select.{section}.against=kept")
+        assert layout.selection_tag(greedy) != layout.selection_tag(make_cfg(*base))
