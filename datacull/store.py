@@ -82,10 +82,10 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give artifacts the usual mode
-        kill_point("write")
+        kill_point("write", final)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-        kill_point("commit")
+        kill_point("commit", final)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -112,7 +112,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
             _fsync_file(child)
         os.chmod(tmp, 0o777 & ~umask)
         _fsync_dir(tmp)
-        kill_point("swap")
+        kill_point("swap", final)
         _swap_in(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

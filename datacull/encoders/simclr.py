@@ -25,6 +25,7 @@ from datacull.encoders.augment import AugmentConfig, simclr_view
 from datacull.encoders.base import Encoder, register_encoder
 from datacull.encoders.common import cache_lock, image_geometry, load_images, seeded_subset, state_fingerprint
 from datacull.errors import DatacullError
+from datacull.faults import kill_point
 from datacull.logs import progress
 from datacull.store import atomic_path
 
@@ -176,6 +177,7 @@ def train_simclr(images: torch.Tensor, encoder_cfg, seed: int,
                                     "lower encoder.lr or raise encoder.temperature")
             running += value
             bar.set_postfix(loss=f"{running / (step + 1):.3f}")
+            kill_point("step", f"simclr epoch {epoch + 1} step {step + 1}")
         losses.append(running / steps_per_epoch)
         log.info("simclr: epoch %d/%d NT-Xent loss %.4f", epoch + 1, epochs, losses[-1])
     backbone.eval()

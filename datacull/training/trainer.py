@@ -290,6 +290,8 @@ def train_model(cfg: DictConfig, source: DataSource, train_indices: np.ndarray, 
         distributed.barrier()
     if info.get("fingerprint") == fp and info.get("finished") and (info.get("record") or not record):
         model = load_finished(cfg, source, run_dir, info, device)
+        if ddp.main:  # killed after its final run.json, before the cleanup at the end of this function
+            (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
         recorder = Recorder.open(run_dir / RECORD_DIR) if record else None
         return TrainResult(run_dir, model, indices, epochs, info.get("history", []), recorder)
 
