@@ -41,6 +41,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL_CASES = [(1_281_167, 384), (1_281_167, 2048)]
+REPEATS = 2  # alternated datacull / bare faiss runs per SSP case (the fastest of each is reported)
+RSS_SLACK_GB = 0.25  # faiss / torch working buffers beyond the sample and one block
 QUICK_CASES = [(256_000, 384), (64_000, 2048)]
 
 
@@ -455,17 +457,26 @@ def main() -> None:
         path = Path(args.tmp) / f"datacull_bench_{n}x{d}.npy"
         try:
             make_memmap(path, n, d)
-            ssp, bare, assign = (run_case(name, path, args.k) for name in ("ssp", "faiss", "assign"))
+            # alternate datacull and bare faiss REPEATS times and keep each one's fastest run: on a shared
+            # machine a single pair can differ by 2x from load alone
+            runs = {"ssp": [], "faiss": []}
+            for _ in range(REPEATS):
+                for name in runs:
+                    runs[name].append(run_case(name, path, args.k))
+            ssp, bare = (min(runs[name], key=lambda r: r["seconds"]) for name in ("ssp", "faiss"))
+            assign = run_case("assign", path, args.k)
         finally:
             path.unlink(missing_ok=True)
         label = f"SSP {n:,} x {d} float16, k={args.k}"
         row(f"{label}: time", ssp["seconds"], bare["seconds"], "s", "<= 1.1x", 1.1)
         sample_gb = min(n, args.k * 256) * d * 4 / 2**30
         block_gb = 65536 * d * 4 / 2**30
+        map_gb = n * d * 2 / 2**30
+        bound = map_gb + sample_gb + block_gb + RSS_SLACK_GB
         lines.append(f"| {label}: peak RSS | {ssp['peak_rss_gb']:.2f} GiB | {bare['peak_rss_gb']:.2f} GiB | "
-                     f"{ssp['peak_rss_gb'] / max(bare['peak_rss_gb'], 1e-9):.2f} | <= sample {sample_gb:.2f} + block "
-                     f"{block_gb:.2f} GiB + interpreter, beyond the map (RSS counts mapped pages read) | "
-                     f"see note |")
+                     f"{ssp['peak_rss_gb'] / max(bare['peak_rss_gb'], 1e-9):.2f} | <= map {map_gb:.2f} + sample "
+                     f"{sample_gb:.2f} + block {block_gb:.2f} + {RSS_SLACK_GB} GiB = {bound:.2f} GiB | "
+                     f"{'yes' if ssp['peak_rss_gb'] <= bound else 'no'} |")
         row(f"{label}: assignment vs faiss search, same blocks", assign["assign_s"], assign["search_s"], "s",
             "<= 1.2x", 1.2)
     growth = []
@@ -485,11 +496,18 @@ def main() -> None:
         f"Written by `scripts/bench.py{' --quick' if args.quick else ''} --k {args.k}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         f"Machine: {machine()}.", f"Sizes: {', '.join(f'{n:,} x {d}' for n, d in cases)} float16 memory-mapped.", "",
         "## SSP vs bare faiss", "", *lines, "",
-        "Peak RSS is VmHWM of a subprocess per case minus its peak after imports; for the memory-mapped datacull case it includes the "
-        "map's resident pages (reclaimable page cache), so it is an upper bound on datacull's own memory. "
-        "datacull's time includes its default k-means++ seeding (20 local trials, on the CPU) and a restart "
-        "objective pass, which bare faiss (random init) does not do; at small n that fixed cost dominates.", "",
+        f"Times: the fastest of {REPEATS} alternated runs of each side. Peak RSS is VmHWM of a subprocess per case minus its peak after imports. For the memory-mapped datacull "
+        "case it counts the map's resident pages (reclaimable page cache: the whole map once assignment has read "
+        "it), so the bound is map + k-means sample (float32, gathered block by block) + one assignment block + "
+        f"{RSS_SLACK_GB} GiB for faiss's and torch's working buffers; memory beyond the map is set by the sample and one "
+        "block, not by N. Bare faiss holds the array in memory as float32. datacull's time includes its default "
+        "k-means++ seeding (20 local trials on at most max(16384, 16 k) sample rows, on the CPU), which bare faiss "
+        "(random init) does not do. The assignment reads float16 rows (half the bytes) into one reused float32 "
+        "buffer, while the bare search walks float32 blocks already in memory: where memory bandwidth "
+        "limits the search (small d) datacull's path can be the faster one.", "",
         "## Scoring time growth", "", *gl, "",
+        f"Time grows {growth[-1][1] / growth[0][1]:.1f}x for 100x the rows, at most linearly: the k-means fit on its "
+        "fixed sample (k x 256 rows) is a constant, the assignment is linear in the rows.", "",
         *(pipeline_section(pipeline, args.quick, args.tmp) if pipeline else []),
         "## Not measured here", "",
         "GPU figures (faiss GPU, CUDA embedding, DDP): unmeasured, no GPU on this machine; "
