@@ -204,13 +204,15 @@ def bench_embed(tmp: Path, quick: bool) -> list[str]:
     urls = _write_shards(tmp / "embed-shards", [(f"s{i:07d}", b, "jpg", i % 10) for i, b in enumerate(_jpeg_bytes(n))],
                          1000)
     rows = []
-    for label, encoder_args in [("timm resnet18 (random init, 64 px)",
-                                 ["encoder=timm", "encoder.model_name=resnet18", "encoder.pretrained=false",
-                                  "encoder.image_size=64", "encoder.amp=false"]),
-                                ("pixels (PCA-64)", ["encoder=pixels"])]:
+    timm_args = ["encoder=timm", "encoder.model_name=resnet18", "encoder.pretrained=false", "encoder.image_size=64",
+                 "encoder.amp=false"]
+    # 1 worker: JPEG decoding in a DataLoader worker process, overlapped with the forward
+    for label, encoder_args, workers in [("timm resnet18 (random init, 64 px)", timm_args, 0),
+                                         ("timm resnet18 (random init, 64 px)", timm_args, 1),
+                                         ("pixels (PCA-64)", ["encoder=pixels"], 0)]:
         cfg = compose(["data=wds", f"data.urls={urls}", f"data.index_cache={tmp / 'embed-index'}", "device=cpu",
                        f"paths.work_dir={tmp / 'embed-work'}", *encoder_args, "encoder.batch_size=128",
-                       "encoder.num_workers=0", "encoder.dtype=float32"])
+                       f"encoder.num_workers={workers}", "encoder.dtype=float32"])
         source = build_source(cfg.data)
         embed(cfg, source)  # warm-up: imports, PCA fit cached, page cache
         encoder = build_encoder(cfg.encoder, int(cfg.seed))
@@ -229,10 +231,12 @@ def bench_embed(tmp: Path, quick: bool) -> list[str]:
                     encoder.encode(batch).float().numpy()
                 timings["bare"].append(time.perf_counter() - start)
         pipeline_s, bare_s = min(timings["pipeline"]), min(timings["bare"])
-        rows.append(f"| embed {n:,} JPEGs (64 x 64) from wds, {label}, batch 128, 0 workers: images/s | "
+        rows.append(f"| embed {n:,} JPEGs (64 x 64) from wds, {label}, batch 128, {workers} worker"
+                    f"{'' if workers == 1 else 's'}: images/s | "
                     f"{n / pipeline_s:,.0f} | {n / bare_s:,.0f} | {bare_s / pipeline_s:.2f} | >= 0.85 | "
                     f"{'yes' if bare_s / pipeline_s >= 0.85 else 'no'} |")
-        print(f"embed {label}: pipeline {pipeline_s:.2f} s, bare {bare_s:.2f} s", file=sys.stderr, flush=True)
+        print(f"embed {label}, {workers} workers: pipeline {pipeline_s:.2f} s, bare {bare_s:.2f} s", file=sys.stderr,
+              flush=True)
     return rows
 
 
@@ -374,7 +378,9 @@ def pipeline_section(groups: list[str], quick: bool, tmp: str) -> list[str]:
         "embed": "Embed: datacull = the whole stage (read by offset, JPEG decode + conform per image, DataLoader "
                  "batches, forward, .npy + parquet written); bare = `encoder.encode` on the same images already "
                  "decoded into uint8 tensors, same batches; the faster of two alternated runs each. With a CNN the "
-                 "forward dominates; the pixels (PCA) forward is one matrix product, so decoding dominates its row.",
+                 "forward dominates; with `encoder.num_workers=1` a DataLoader worker decodes the next batch while "
+                 "the forward runs (here it competes with the forward's threads for 2 cores). The pixels (PCA) "
+                 "forward is one matrix product, so decoding dominates its row: the bare side never decodes.",
         "export": "Export: datacull = `export_selection` (decodes every kept image once so that no undecodable "
                   "bytes are shipped, ships the original bytes, writes with webdataset's TarWriter, fsyncs and "
                   "hashes each shard, writes the wids index and manifest); bare = `tarfile` writing the same image, "

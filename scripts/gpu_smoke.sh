@@ -25,7 +25,7 @@ done
 
 step() {  # step NAME TIMEOUT_S COMMAND...
   local name="$1" limit="$2"; shift 2
-  if [[ $DRY_RUN -eq 1 ]]; then echo "[dry-run] $name (timeout ${limit}s): $*"; return 0; fi
+  if [[ $DRY_RUN -eq 1 ]]; then echo "[dry-run] $name (timeout ${limit}s): ${*%%$'\n'*}"; return 0; fi
   echo "== $name"
   timeout "$limit" "$@" || echo "| $name | FAILED (exit $?) |"
 }

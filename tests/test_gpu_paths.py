@@ -78,6 +78,8 @@ def test_gpu_smoke_script_parses_and_dry_runs():
     subprocess.run(["bash", "-n", str(script)], check=True)
     dry = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, cwd=script.parents[1])
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.count("[dry-run]") == 3
+    steps = dry.stdout.splitlines()
+    assert len(steps) == 4 and all(line.startswith("[dry-run] ") for line in steps), dry.stdout
+    assert "DDP train under torchrun" in steps[-1]
     bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True, cwd=script.parents[1])
     assert bad.returncode == 2 and "unknown argument '--bogus'" in bad.stderr
