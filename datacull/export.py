@@ -323,7 +323,7 @@ def export_selection(source: DataSource, selection_path: Path, out_dir: Path, *,
                     if image is None:
                         image = encode_image(source.load(index), image_format)
                     else:  # decoded once, so no undecodable bytes are shipped
-                        check_decodes(image[0], _where(source, index, key))
+                        check_decodes(image[0], source.describe(index))
                 except CorruptExample as exc:
                     if on_error == "fail":
                         raise DatacullError(f"example {key} (index {index}) is corrupt: {exc}; "
@@ -352,12 +352,6 @@ def export_selection(source: DataSource, selection_path: Path, out_dir: Path, *,
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
     out_dir = Path(out_dir)
     return {"shards_dir": out_dir, "manifest": out_dir / MANIFEST_NAME, "wids_index": out_dir / index_path.name}
-
-
-def _where(source: DataSource, index: int, key: str) -> str:
-    """Where example `index` is stored, for messages (the source's own description when it has one)."""
-    describe = getattr(source, "describe", None)
-    return describe(index) if describe else f"example {key}"
 
 
 def _manifest(keys, labels, reasons, exported, skipped, class_names, records, index_name, selection_fp, fp,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from datacull.store import fingerprint, to_plain
+from datacull.store import fingerprint, to_plain, without_defaults
 
 # data-config keys that do not change the examples themselves
 _DATA_KEYS_IGNORED = {"root", "download", "num_workers", "batch_size", "index_cache"}
@@ -103,16 +103,11 @@ def selection_identity(cfg: DictConfig) -> dict:
     if identity["policy"] == "ccs":
         identity.update({k: sel.get(k) for k in ("hard_cutoff", "strata", "cutoff_metric")})
     if isinstance(sel.get(identity["policy"]), dict):  # the policy's own section, e.g. select.d2
-        identity[str(identity["policy"])] = _section_identity(str(identity["policy"]), sel[identity["policy"]])
+        policy = str(identity["policy"])
+        identity[policy] = without_defaults(sel[policy], _SELECT_DEFAULTS_IGNORED.get(policy, {}))
     if isinstance(sel.get("dedup"), dict) and sel["dedup"].get("eps") is not None:  # the optional pre-filter
-        identity["dedup"] = _section_identity("dedup", sel["dedup"])
+        identity["dedup"] = without_defaults(sel["dedup"], _SELECT_DEFAULTS_IGNORED["dedup"])
     return identity
-
-
-def _section_identity(name: str, section: dict) -> dict:
-    """A select section without the options that sit at a default listed in `_SELECT_DEFAULTS_IGNORED`."""
-    ignored = _SELECT_DEFAULTS_IGNORED.get(name, {})
-    return {k: v for k, v in section.items() if not (k in ignored and v == ignored[k])}
 
 
 def selection_tag(cfg: DictConfig) -> str:

@@ -45,6 +45,15 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def without_defaults(section: dict, defaults: dict) -> dict:
+    """`section` without the keys that sit at their value in `defaults`.
+
+    For options added after results existed: at their neutral default they stay out of a
+    fingerprint, so the cached results of configs that predate them keep their identity.
+    """
+    return {k: v for k, v in section.items() if not (k in defaults and v == defaults[k])}
+
+
 def fingerprint(*parts: Any) -> str:
     """A short, stable sha256 hex digest of JSON-serialisable parts (config nodes allowed)."""
     payload = json.dumps([to_plain(p) for p in parts], sort_keys=True, default=str)

@@ -101,3 +101,10 @@ def test_dbp_reference_defaults_keep_hard_by_distance_to_the_cluster_centroid_wi
             assert np.median(dist[members & keep]) > np.median(dist[members & ~keep])
     with pytest.raises(DatacullError, match="difficulty"):
         select_with_reasons(scores, np.zeros(len(rows)), 150, "dbp", embeddings=rows, k=3, difficulty="loss")
+
+
+@pytest.mark.parametrize("key, value", [("min_share", "abc"), ("tau", "x"), ("min_share", 1.5)])
+def test_dbp_bad_settings_are_one_clear_error(key, value):
+    rows, _ = planted([50, 50], [0.2, 0.2])
+    with pytest.raises(DatacullError, match=f"select.dbp.{key}"):
+        select_with_reasons(np.zeros(100), np.zeros(100), 50, "dbp", embeddings=rows, k=2, **{key: value})

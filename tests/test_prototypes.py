@@ -239,3 +239,11 @@ def test_ssp_fingerprint_leaves_out_only_a_default_init_sample():
     assert ssp_identity({**base, "init_sample": 4096})["init_sample"] == 4096
     assert ssp_identity({**base, "init_sample": None})["init_sample"] is None
     assert "init_sample" not in ssp_identity({**base, "init": "random", "init_sample": 4096})
+
+
+@pytest.mark.parametrize("key, value", [("init_sample", "abc"), ("init_sample", 2.5), ("local_trials", "many")])
+def test_bad_seeding_settings_name_the_key(rng, key, value):
+    from datacull.metrics.prototypes import fit_ssp_centroids
+    rows, _ = _blobs(rng)
+    with pytest.raises(DatacullError, match=f"metric.ssp.{key} must be an integer"):
+        fit_ssp_centroids(rows, OmegaConf.create({"k": 4, key: value}), num_classes=0, seed=0, device="cpu")

@@ -68,6 +68,10 @@ class DataSource(ABC):
         """Original encoded bytes and extension (e.g. "jpg"), or None for array-backed sources."""
         return None
 
+    def describe(self, index: int) -> str:
+        """Where example `index` is stored, for messages (sources with files name them)."""
+        return f"example {self.keys[index]}"
+
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
         """(H, W, C) when every image has the same shape, else None (then set data.image_size)."""
@@ -171,6 +175,4 @@ class SubsetSource(DataSource):
         return self.base.raw(int(self.indices[index]))
 
     def describe(self, index: int) -> str:
-        """Where example `index` is stored, as the base source says (else its key)."""
-        describe = getattr(self.base, "describe", None)
-        return describe(int(self.indices[index])) if describe else f"example {self._keys[index]}"
+        return self.base.describe(int(self.indices[index]))

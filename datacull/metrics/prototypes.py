@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import DictConfig
 
-from datacull.errors import DatacullError
+from datacull.errors import DatacullError, setting_number
 from datacull.kmeans import INIT_SAMPLE, l2_normalize, nearest_centroid, train_spherical_kmeans, use_faiss_gpu
 from datacull.metrics.context import ScoreContext
 from datacull.metrics.registry import register_metric
 from datacull.rows import finite_rows
+from datacull.store import without_defaults
 
 
 # k = "auto" without known classes: round(sqrt(N / 2)) (the rule of thumb in Mardia, Kent & Bibby
@@ -89,8 +90,10 @@ def fit_ssp_centroids(rows, params: DictConfig, num_classes: int, seed: int,
     centroids = train_spherical_kmeans(rows, k, niter=int(params.get("niter", 25)), seed=seed, gpu=gpu,
                                        max_points_per_centroid=int(params.get("max_points_per_centroid", 256)),
                                        init=str(params.get("init", "kmeans++")), nredo=int(params.get("nredo", 1)),
-                                       local_trials=None if trials is None else int(trials),
-                                       init_sample=None if init_sample is None else int(init_sample))
+                                       local_trials=None if trials is None else setting_number(
+                                           trials, "metric.ssp.local_trials", int),
+                                       init_sample=None if init_sample is None else setting_number(
+                                           init_sample, "metric.ssp.init_sample", int))
     return k, centroids, gpu
 
 
@@ -102,10 +105,9 @@ def ssp_identity(params: dict) -> dict:
     non-default value, or `null` (seed from the whole sample), changes the fingerprint. With
     `init: random` there is no seeding and the setting is always left out.
     """
-    identity = dict(params)
-    if identity.get("init", "kmeans++") == "random" or identity.get("init_sample", INIT_SAMPLE) == INIT_SAMPLE:
-        identity.pop("init_sample", None)
-    return identity
+    if params.get("init", "kmeans++") == "random":
+        return {k: v for k, v in params.items() if k != "init_sample"}
+    return without_defaults(params, {"init_sample": INIT_SAMPLE})
 
 
 def ssp_columns(rows, centroids: np.ndarray, k: int, params: DictConfig, gpu: bool) -> dict[str, np.ndarray]:

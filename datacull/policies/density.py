@@ -31,7 +31,7 @@ import logging
 
 import numpy as np
 
-from datacull.errors import DatacullError
+from datacull.errors import DatacullError, setting_number
 from datacull.kmeans import l2_normalize, nearest_centroid, train_spherical_kmeans
 from datacull.metrics.prototypes import resolve_ssp_k
 from datacull.select import POLICIES, PolicyResult, keep_easy, keep_hard, keep_random
@@ -184,9 +184,10 @@ def density_based_pruning(scores: np.ndarray, budget: int, rng: np.random.Genera
     half an equal share (`min_share`, the reference's cls_bal_ratio), and keep-hard by distance to
     the cluster's centroid (`difficulty=centroid`; `scores` ranks by the selection metric instead).
     """
-    if float(tau) <= 0:
+    tau, min_share = setting_number(tau, "select.dbp.tau"), setting_number(min_share, "select.dbp.min_share")
+    if tau <= 0:
         raise DatacullError(f"select.dbp.tau must be > 0, got {tau}")
-    if not 0.0 <= float(min_share) <= 1.0:
+    if not 0.0 <= min_share <= 1.0:
         raise DatacullError(f"select.dbp.min_share must be in [0, 1], got {min_share}")
 
     def quotas(ids, sims, centroids, sizes):

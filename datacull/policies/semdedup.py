@@ -226,25 +226,26 @@ def _semdedup_kept(scores: np.ndarray, budget: int, rng: np.random.Generator, *,
         return PolicyResult(np.ones(n, dtype=bool), np.full(n, "", dtype=object))
     walk = lambda t: kept_walk(unit, groups, t, block)
     # no cosine similarity lies outside [-1.01, 1.01]: count(lo) = one per cluster, count(hi) = n
-    lo, hi, best = -1.01, 1.01, None
-    at_lo = walk(lo)
-    if at_lo[0].sum() >= budget:  # even eps = 2 keeps too many: cut among the clusters' first members
-        hi, best = lo, at_lo
-    steps = 0
-    for steps in range(1, _BISECTION_STEPS + 1 if best is None else 1):  # count(lo) < budget <= count(hi)
-        mid = (lo + hi) / 2
-        if np.float32(mid) in (np.float32(lo), np.float32(hi)):  # no float32 threshold left in between
-            break
-        result = walk(mid)
-        count = int(result[0].sum())
-        if count < budget:
-            lo = mid
-            continue
-        hi, best = mid, result
-        if count == budget:
-            break
-    if best is None:
-        best = walk(hi)
+    lo, hi, steps = -1.01, 1.01, 0
+    best = walk(lo)
+    if best[0].sum() >= budget:  # even eps = 2 keeps too many: cut among the clusters' first members
+        hi = lo
+    else:
+        best = None
+        for steps in range(1, _BISECTION_STEPS + 1):  # count(lo) < budget <= count(hi)
+            mid = (lo + hi) / 2
+            if np.float32(mid) in (np.float32(lo), np.float32(hi)):  # no float32 threshold left in between
+                break
+            result = walk(mid)
+            count = int(result[0].sum())
+            if count < budget:
+                lo = mid
+                continue
+            hi, best = mid, result
+            if count == budget:
+                break
+        if best is None:
+            best = walk(hi)
     kept_at, sim, of = best
     within = np.zeros(n, dtype=np.int64)  # position in the cluster's keep order
     for members in groups:

@@ -65,10 +65,6 @@ def _job_run_id(cfg: DictConfig, job: SweepJob) -> str:
     return run_id(job_cfg, parquet_fingerprint(path) or "", epochs)
 
 
-def _is_done(cfg: DictConfig, job: SweepJob) -> bool:
-    """True when the job's result row exists."""
-    return read_row(layout.results_rows_dir(job_config(cfg, job)), _job_run_id(cfg, job)) is not None
-
 
 def sweep(cfg: DictConfig) -> dict[str, Path]:
     """Run the configured grid (see module docstring); returns results.csv and the report's paths."""
@@ -86,7 +82,9 @@ def sweep(cfg: DictConfig) -> dict[str, Path]:
     with open_dict(cfg):
         cfg.metrics = metrics
     paths = score(cfg, source)
-    pending = [job for job in jobs if not _is_done(cfg, job)]
+    run_ids = [_job_run_id(cfg, job) for job in jobs]  # makes each selection once; training reuses it
+    rows_dir = layout.results_rows_dir(cfg)
+    pending = [job for job, rid in zip(jobs, run_ids) if read_row(rows_dir, rid) is None]
     log.info(f"sweep: {len(jobs)} runs in the grid, {len(jobs) - len(pending)} already finished, "
              f"{len(pending)} to train ({jobs_n} parallel job{'s' if jobs_n > 1 else ''})")
     bar = tqdm(total=len(pending), desc="sweep", unit="run", dynamic_ncols=True)
@@ -104,13 +102,13 @@ def sweep(cfg: DictConfig) -> dict[str, Path]:
             bar.set_postfix_str(done["job"].describe())
             bar.update()
     bar.close()
-    results = load_results([layout.results_rows_dir(cfg)])
+    results = load_results([rows_dir])
     # rows of runs outside the current grid (e.g. made before a policy setting changed) stay on disk
     # but not in results.csv, so the report never averages two versions of one grid point
-    in_grid = results["run_id"].isin({_job_run_id(cfg, job) for job in jobs})
+    in_grid = results["run_id"].isin(set(run_ids))
     if not in_grid.all():
         log.info(f"sweep: {int((~in_grid).sum())} result rows of runs outside the current grid (earlier settings) "
-                 f"left out of results.csv; they stay in {layout.results_rows_dir(cfg)}")
+                 f"left out of results.csv; they stay in {rows_dir}")
     results = results[in_grid].reset_index(drop=True)
     paths["results"] = write_results_csv(results, layout.experiment_dir(cfg) / "results.csv")
     log.info(f"sweep: {len(results)} result rows -> {paths['results']}")

@@ -33,10 +33,10 @@ from omegaconf import DictConfig, open_dict
 
 from datacull import layout
 from datacull.data.base import DataSource, build_source, check_labels
+from datacull.encoders.base import resolve_device
 from datacull.errors import DatacullError
 from datacull.results import read_row, row_path, write_row
 from datacull.stages.select import resolve_policy, select
-from datacull.encoders.base import resolve_device
 from datacull.store import fingerprint, parquet_config, parquet_fingerprint, to_plain
 from datacull.training import distributed
 from datacull.training.trainer import indices_hash, predict_logits, train_identity, train_model

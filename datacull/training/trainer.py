@@ -40,7 +40,7 @@ from datacull.data.base import DataSource, check_labels
 from datacull.data.loader import ExampleDataset
 from datacull.encoders.base import resolve_device
 from datacull.errors import DatacullError
-from datacull.store import atomic_path, ensure_dir, fingerprint, to_plain, write_json_atomic
+from datacull.store import atomic_path, ensure_dir, fingerprint, to_plain, without_defaults, write_json_atomic
 from datacull.training import distributed
 from datacull.training.augment import (
     CenterCropView, augment_batch, resolve_augment, resolve_eval_transform, resolve_pad_mode, resolve_padding,
@@ -88,8 +88,8 @@ def indices_hash(indices: np.ndarray) -> str:
 
 def train_identity(train_cfg: DictConfig) -> dict:
     """The part of the train config that determines the trained model."""
-    return {k: v for k, v in to_plain(train_cfg).items()
-            if k not in _TRAIN_KEYS_IGNORED and not (k in _TRAIN_NEUTRAL and v == _TRAIN_NEUTRAL[k])}
+    return without_defaults({k: v for k, v in to_plain(train_cfg).items() if k not in _TRAIN_KEYS_IGNORED},
+                            _TRAIN_NEUTRAL)
 
 
 def run_fingerprint(cfg: DictConfig, source: DataSource, indices: np.ndarray, seed: int, epochs: int,
